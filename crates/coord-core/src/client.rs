@@ -1,0 +1,291 @@
+//! The shared etcd client: one connection pool, a key namespace, per-request timeouts.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    DeleteOptions, DeleteResponse, GetOptions, GetResponse, LeaseGrantResponse, LeaseTimeToLiveOptions,
+    LeaseTimeToLiveResponse, PutOptions, PutResponse, Txn, TxnResponse,
+};
+
+use crate::{ClientConfig, Error, LeaseId, Result};
+
+/// A connection to an etcd cluster, shared by every session and primitive of a process.
+///
+/// Cheap to clone (clones share the connections). It carries:
+/// - the **namespace** prepended to the names of every primitive ([`Client::key`]); keys you pass to
+///   the request methods below are used as given, so keys returned by coord (guards' keys, fencing
+///   compares) work unchanged with the raw etcd-client ([`Client::etcd`]);
+/// - a **per-request timeout** applied to unary requests (get, put, delete, txn, lease grant/revoke…).
+///   It never applies to blocking waits: watches and the session's keep-alive stream have no timeout
+///   of their own.
+///
+/// ```no_run
+/// # async fn demo() -> coord_core::Result<()> {
+/// use coord_core::ClientConfig;
+///
+/// let client = ClientConfig::new(["http://127.0.0.1:2379"]).with_namespace("myapp/").connect().await?;
+/// client.put(client.key("greeting"), "hello", None).await?;
+/// let resp = client.get(client.key("greeting"), None).await?;
+/// assert_eq!(resp.kvs()[0].value(), b"hello");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    etcd: etcd_client::Client,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    namespace: String,
+    endpoints: Vec<String>,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.shared.endpoints)
+            .field("namespace", &self.shared.namespace)
+            .field("request_timeout", &self.shared.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Client::check`] learned about the member that answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerInfo {
+    /// The etcd version of the member, e.g. `"3.7.0"`.
+    pub version: String,
+    /// The current revision of the key space.
+    pub revision: i64,
+    /// The member's id.
+    pub member_id: u64,
+    /// The raft leader's member id (0 when there is none).
+    pub leader_id: u64,
+}
+
+impl Client {
+    pub(crate) async fn connect(config: ClientConfig) -> Result<Client> {
+        let options = config.connect_options();
+        let connect = etcd_client::Client::connect(config.endpoints.clone(), Some(options));
+        // With credentials etcd-client authenticates here; bound that like any request.
+        let etcd = tokio::time::timeout(config.connect_timeout + config.request_timeout, connect)
+            .await
+            .map_err(|_| Error::Timeout { operation: "connect", after: config.connect_timeout + config.request_timeout })?
+            .map_err(|e| Error::from_etcd("connect", e))?;
+        Ok(Client {
+            etcd,
+            shared: Arc::new(Shared {
+                namespace: config.namespace,
+                endpoints: config.endpoints,
+                request_timeout: config.request_timeout,
+            }),
+        })
+    }
+
+    /// Wraps an etcd-client connection made elsewhere (no namespace, default request timeout).
+    pub fn from_etcd(etcd: etcd_client::Client) -> Client {
+        Client {
+            etcd,
+            shared: Arc::new(Shared {
+                namespace: String::new(),
+                endpoints: Vec::new(),
+                request_timeout: ClientConfig::DEFAULT_REQUEST_TIMEOUT,
+            }),
+        }
+    }
+
+    /// The underlying etcd-client, for requests coord does not wrap. Its keys are not namespaced.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: coord_core::Client) -> Result<(), etcd_client::Error> {
+    /// let mut raw = client.etcd().clone();
+    /// raw.put("plain-key", "v", None).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn etcd(&self) -> &etcd_client::Client {
+        &self.etcd
+    }
+
+    /// The key namespace (may be empty).
+    pub fn namespace(&self) -> &str {
+        &self.shared.namespace
+    }
+
+    /// The endpoints this client was configured with.
+    pub fn endpoints(&self) -> &[String] {
+        &self.shared.endpoints
+    }
+
+    /// The per-request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        self.shared.request_timeout
+    }
+
+    /// `namespace + name`: the full key for a name.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.shared.namespace)
+    }
+
+    /// Runs one unary etcd request under the per-request timeout and classifies its error.
+    ///
+    /// `operation` names the request in errors. Use it for requests this type does not wrap.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the timeout expires; otherwise the classified etcd error
+    /// (see [`Error::from_etcd`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future abandons the request; the server may or may not have applied it.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: coord_core::Client) -> coord_core::Result<()> {
+    /// let status = client.request("status", |mut etcd| async move { etcd.status().await }).await?;
+    /// println!("etcd {}", status.version());
+    /// # Ok(()) }
+    /// ```
+    pub async fn request<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T>
+    where
+        F: FnOnce(etcd_client::Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let after = self.shared.request_timeout;
+        match tokio::time::timeout(after, f(self.etcd.clone())).await {
+            Ok(result) => result.map_err(|e| Error::from_etcd(operation, e)),
+            Err(_) => Err(Error::Timeout { operation, after }),
+        }
+    }
+
+    /// Reads a key or range (linearizable unless `options` says otherwise).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (a read).
+    pub async fn get(&self, key: impl Into<Vec<u8>>, options: Option<GetOptions>) -> Result<GetResponse> {
+        let key = key.into();
+        self.request("get", |mut etcd| async move { etcd.get(key, options).await }).await
+    }
+
+    /// Writes a key.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future abandons the request; the write may or may not have happened.
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        options: Option<PutOptions>,
+    ) -> Result<PutResponse> {
+        let (key, value) = (key.into(), value.into());
+        self.request("put", |mut etcd| async move { etcd.put(key, value, options).await }).await
+    }
+
+    /// Deletes a key or range.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future abandons the request; the delete may or may not have happened.
+    pub async fn delete(&self, key: impl Into<Vec<u8>>, options: Option<DeleteOptions>) -> Result<DeleteResponse> {
+        let key = key.into();
+        self.request("delete", |mut etcd| async move { etcd.delete(key, options).await }).await
+    }
+
+    /// Runs a transaction. Guard writes with an ownership compare ([`crate::Ownership::compare`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`]. A transaction whose compares fail is not an error: check
+    /// [`TxnResponse::succeeded`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future abandons the request; the transaction may or may not have been applied.
+    pub async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        self.request("txn", |mut etcd| async move { etcd.txn(txn).await }).await
+    }
+
+    /// Grants a lease of `ttl_secs` seconds. Prefer [`crate::Session`], which keeps it alive.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave a granted lease behind; it expires after its TTL.
+    pub async fn lease_grant(&self, ttl_secs: i64) -> Result<LeaseGrantResponse> {
+        self.request("lease grant", |mut etcd| async move { etcd.lease_grant(ttl_secs, None).await }).await
+    }
+
+    /// Revokes a lease, deleting every key attached to it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`]; an unknown (already expired) lease is [`Error::Etcd`] with
+    /// "requested lease not found".
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future abandons the request; the lease may or may not be revoked.
+    pub async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
+        self.request("lease revoke", |mut etcd| async move { etcd.lease_revoke(lease.get()).await })
+            .await
+            .map(drop)
+    }
+
+    /// Asks the server how long a lease has left (`ttl() == -1` when it does not exist).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (a read).
+    pub async fn lease_time_to_live(&self, lease: LeaseId, with_keys: bool) -> Result<LeaseTimeToLiveResponse> {
+        let options = with_keys.then(|| LeaseTimeToLiveOptions::new().with_keys());
+        self.request("lease time-to-live", |mut etcd| async move {
+            etcd.lease_time_to_live(lease.get(), options).await
+        })
+        .await
+    }
+
+    /// Asks one member for its status: a cheap way to verify reachability, TLS and credentials.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (a read).
+    pub async fn check(&self) -> Result<ServerInfo> {
+        let status = self.request("status", |mut etcd| async move { etcd.status().await }).await?;
+        let header = status.header();
+        Ok(ServerInfo {
+            version: status.version().to_owned(),
+            revision: header.map_or(0, |h| h.revision()),
+            member_id: header.map_or(0, |h| h.member_id()),
+            leader_id: status.leader(),
+        })
+    }
+}
