@@ -9,7 +9,32 @@ use etcd_client::{
     LeaseTimeToLiveResponse, PutOptions, PutResponse, Txn, TxnResponse,
 };
 
-use crate::{ClientConfig, Error, LeaseId, Result};
+use tokio::time::Instant;
+
+use crate::{ClientConfig, Error, LeaseId, Result, RetryPolicy};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// Only when the connection failed before the request could be sent.
+    IfNeverSent,
+    /// On any transient unavailability (the request is safe to repeat).
+    IfUnavailable,
+}
+
+/// Whether tonic failed to connect at all, so the request never reached a server.
+fn is_connect_failure(error: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = error else {
+        return matches!(error, etcd_client::Error::TransportError(_));
+    };
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
 
 /// A connection to an etcd cluster, shared by every session and primitive of a process.
 ///
@@ -133,7 +158,9 @@ impl Client {
 
     /// Runs one unary etcd request under the per-request timeout and classifies its error.
     ///
-    /// `operation` names the request in errors. Use it for requests this type does not wrap.
+    /// `operation` names the request in errors. Use it for requests this type does not wrap. Within
+    /// the timeout, the request is retried when the connection could not even be made (so the
+    /// request was never sent): tonic may route a call to an endpoint that just went down.
     ///
     /// # Errors
     ///
@@ -152,13 +179,58 @@ impl Client {
     /// ```
     pub async fn request<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T>
     where
-        F: FnOnce(etcd_client::Client) -> Fut,
+        F: FnMut(etcd_client::Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.call(operation, Replay::IfNeverSent, f).await
+    }
+
+    /// Like [`Client::request`] for requests that are safe to repeat (reads): also retried, within
+    /// the timeout, on any [`Error::Unavailable`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::request`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe if the request is a read.
+    pub async fn idempotent_request<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T>
+    where
+        F: FnMut(etcd_client::Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.call(operation, Replay::IfUnavailable, f).await
+    }
+
+    async fn call<T, F, Fut>(&self, operation: &'static str, replay: Replay, mut f: F) -> Result<T>
+    where
+        F: FnMut(etcd_client::Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let after = self.shared.request_timeout;
-        match tokio::time::timeout(after, f(self.etcd.clone())).await {
-            Ok(result) => result.map_err(|e| Error::from_etcd(operation, e)),
-            Err(_) => Err(Error::Timeout { operation, after }),
+        let deadline = Instant::now() + after;
+        let mut backoff = RetryPolicy::new()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(Duration::from_millis(500))
+            .with_max_elapsed(None)
+            .backoff();
+        loop {
+            let source = match tokio::time::timeout_at(deadline, f(self.etcd.clone())).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(source)) => source,
+                Err(_) => return Err(Error::Timeout { operation, after }),
+            };
+            let never_sent = is_connect_failure(&source);
+            let error = Error::from_etcd(operation, source);
+            let replayable = matches!(error, Error::Unavailable { .. })
+                && (never_sent || replay == Replay::IfUnavailable);
+            let delay = backoff.next().unwrap_or(Duration::from_millis(500));
+            if !replayable || Instant::now() + delay >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(%error, ?delay, "request failed; retrying");
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -173,7 +245,11 @@ impl Client {
     /// Cancel safe (a read).
     pub async fn get(&self, key: impl Into<Vec<u8>>, options: Option<GetOptions>) -> Result<GetResponse> {
         let key = key.into();
-        self.request("get", |mut etcd| async move { etcd.get(key, options).await }).await
+        self.idempotent_request("get", |mut etcd| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { etcd.get(key, options).await }
+        })
+        .await
     }
 
     /// Writes a key.
@@ -192,7 +268,11 @@ impl Client {
         options: Option<PutOptions>,
     ) -> Result<PutResponse> {
         let (key, value) = (key.into(), value.into());
-        self.request("put", |mut etcd| async move { etcd.put(key, value, options).await }).await
+        self.request("put", |mut etcd| {
+            let (key, value, options) = (key.clone(), value.clone(), options.clone());
+            async move { etcd.put(key, value, options).await }
+        })
+        .await
     }
 
     /// Deletes a key or range.
@@ -206,7 +286,11 @@ impl Client {
     /// Dropping the future abandons the request; the delete may or may not have happened.
     pub async fn delete(&self, key: impl Into<Vec<u8>>, options: Option<DeleteOptions>) -> Result<DeleteResponse> {
         let key = key.into();
-        self.request("delete", |mut etcd| async move { etcd.delete(key, options).await }).await
+        self.request("delete", |mut etcd| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { etcd.delete(key, options).await }
+        })
+        .await
     }
 
     /// Runs a transaction. Guard writes with an ownership compare ([`crate::Ownership::compare`]).
@@ -220,7 +304,11 @@ impl Client {
     ///
     /// Dropping the future abandons the request; the transaction may or may not have been applied.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        self.request("txn", |mut etcd| async move { etcd.txn(txn).await }).await
+        self.request("txn", |mut etcd| {
+            let txn = txn.clone();
+            async move { etcd.txn(txn).await }
+        })
+        .await
     }
 
     /// Grants a lease of `ttl_secs` seconds. Prefer [`crate::Session`], which keeps it alive.
@@ -262,8 +350,8 @@ impl Client {
     ///
     /// Cancel safe (a read).
     pub async fn lease_time_to_live(&self, lease: LeaseId, with_keys: bool) -> Result<LeaseTimeToLiveResponse> {
-        let options = with_keys.then(|| LeaseTimeToLiveOptions::new().with_keys());
-        self.request("lease time-to-live", |mut etcd| async move {
+        self.idempotent_request("lease time-to-live", |mut etcd| async move {
+            let options = with_keys.then(|| LeaseTimeToLiveOptions::new().with_keys());
             etcd.lease_time_to_live(lease.get(), options).await
         })
         .await
@@ -279,7 +367,7 @@ impl Client {
     ///
     /// Cancel safe (a read).
     pub async fn check(&self) -> Result<ServerInfo> {
-        let status = self.request("status", |mut etcd| async move { etcd.status().await }).await?;
+        let status = self.idempotent_request("status", |mut etcd| async move { etcd.status().await }).await?;
         let header = status.header();
         Ok(ServerInfo {
             version: status.version().to_owned(),

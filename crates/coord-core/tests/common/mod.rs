@@ -26,7 +26,7 @@ pub async fn client_of(etcd: &Etcd, label: &str) -> Client {
 /// `after_revision + 1`.
 pub async fn wait_deleted(client: &Client, key: &str, after_revision: i64, within: Duration) {
     let mut watch = client.etcd().watch_client();
-    let (_watcher, mut stream) = watch
+    let mut stream = watch
         .watch(key, Some(WatchOptions::new().with_start_revision(after_revision + 1)))
         .await
         .expect("watch");
