@@ -132,6 +132,14 @@ pub enum Error {
         compact_revision: i64,
     },
 
+    /// The server cancelled a watch for a reason other than compaction (for example a permission
+    /// revoked while watching).
+    #[error("etcd cancelled the watch: {reason}")]
+    WatchCancelled {
+        /// The server's cancel reason.
+        reason: String,
+    },
+
     /// etcd answered with an error that none of the other variants describes (bad request, lease not
     /// found, request too large…).
     #[error("etcd rejected {operation}")]

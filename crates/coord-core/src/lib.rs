@@ -10,6 +10,7 @@
 //! | [`Session`] | one lease per process, kept alive, with a loss signal that fires *before* the server can expire the lease |
 //! | [`Ownership`], [`FencingToken`] | proving ownership inside your own writes: `Txn::new().when([guard.compare()])` |
 //! | [`keys`] | name validation and the key layout shared with Go's recipes |
+//! | [`watch`] | waits that survive disconnects and compaction (the watch engine grows here) |
 //! | [`Error`], [`RetryPolicy`] | typed errors that say whether retrying helps; backoff built on `backon` |
 //!
 //! The primitives live in `coord-lock` (Mutex, Semaphore), `coord-leader` (Election) and
@@ -65,6 +66,7 @@ mod fencing;
 pub mod keys;
 mod retry;
 pub mod session;
+pub mod watch;
 
 pub use client::{Client, ServerInfo};
 pub use config::{ClientConfig, TlsConfig};

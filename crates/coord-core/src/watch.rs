@@ -1,0 +1,121 @@
+//! Watching keys in a way that survives disconnects.
+//!
+//! For now this holds the one wait every queue-based primitive needs: "until this key is deleted".
+//! The resumable prefix watch engine and its cache will grow here.
+//!
+//! # Recovery
+//!
+//! A watch that breaks (connection reset, member down, server closed the stream) is re-created
+//! with a jittered backoff, resuming at the revision after the last one it has seen (events or
+//! progress notifications), so no delete is missed and none is reported twice. If that revision
+//! has been compacted meanwhile, the wait ends with [`Error::Compacted`]: the caller re-reads the
+//! state it was waiting on (the key may be gone) instead of retrying the same revision.
+
+use std::time::Duration;
+
+use etcd_client::{EventType, WatchFilterType, WatchOptions};
+
+use crate::{Client, Error, Result, RetryPolicy};
+
+/// Waits until `key` is deleted at or after `start_revision`, and returns the revision of the delete.
+///
+/// Start at the revision *after* the read that showed the key (`header.revision + 1`), never at the
+/// read's own revision: a watch from an already-current revision lands in etcd's "unsynced" watcher
+/// group, which is served by a 100 ms loop (see `docs/architecture.md`).
+///
+/// # Errors
+///
+/// - [`Error::Compacted`] when `start_revision` (or the resume point after a reconnect) has been
+///   compacted: re-read and decide again.
+/// - A non-retryable error of the watch (permission denied, TLS, auth), or
+///   [`Error::WatchCancelled`] when the server cancels the watch for another reason.
+///
+/// Transient failures are retried for ever; bound the wait with your own timeout or select.
+///
+/// # Cancel safety
+///
+/// Cancel safe: dropping the future cancels the watch and changes nothing in etcd.
+///
+/// ```no_run
+/// # async fn demo(client: coord_core::Client) -> coord_core::Result<()> {
+/// let key = client.key("jobs/holder");
+/// let read = client.get(key.clone(), None).await?;
+/// if !read.kvs().is_empty() {
+///     let from = read.header().map_or(0, |h| h.revision()) + 1;
+///     let deleted_at = coord_core::watch::wait_deleted(&client, key, from).await?;
+///     println!("deleted at revision {deleted_at}");
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn wait_deleted(client: &Client, key: impl Into<Vec<u8>>, start_revision: i64) -> Result<i64> {
+    let key = key.into();
+    let mut next = start_revision;
+    let mut backoff = reconnect_backoff();
+    loop {
+        let options = WatchOptions::new()
+            .with_start_revision(next)
+            .with_progress_notify()
+            .with_filters([WatchFilterType::NoPut]);
+        let mut stream = match client.etcd().watch_client().watch(key.clone(), Some(options)).await {
+            Ok(stream) => stream,
+            Err(source) => {
+                let error = Error::from_etcd("watch", source);
+                retry_or_fail(error, &mut backoff).await?;
+                continue;
+            }
+        };
+        loop {
+            let resp = match stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    tracing::debug!(next, "watch stream closed by the server; resuming");
+                    break;
+                }
+                Err(source) => {
+                    let error = Error::from_etcd("watch", source);
+                    retry_or_fail(error, &mut backoff).await?;
+                    break;
+                }
+            };
+            if resp.compact_revision() > 0 {
+                return Err(Error::Compacted { requested: next, compact_revision: resp.compact_revision() });
+            }
+            if resp.canceled() {
+                return Err(Error::WatchCancelled { reason: resp.cancel_reason().to_owned() });
+            }
+            backoff = reconnect_backoff();
+            for event in resp.events() {
+                let revision = event.kv().map_or(next, |kv| kv.mod_revision());
+                if event.event_type() == EventType::Delete {
+                    return Ok(revision);
+                }
+                next = next.max(revision + 1);
+            }
+            // A progress notification (no events, not the creation reply) promises that every event
+            // up to its header revision has been delivered.
+            if resp.events().is_empty() && !resp.created() {
+                if let Some(header) = resp.header() {
+                    next = next.max(header.revision() + 1);
+                }
+            }
+        }
+    }
+}
+
+fn reconnect_backoff() -> backon::ExponentialBackoff {
+    RetryPolicy::new()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_elapsed(None)
+        .backoff()
+}
+
+async fn retry_or_fail(error: Error, backoff: &mut backon::ExponentialBackoff) -> Result<()> {
+    if !error.is_retryable() {
+        return Err(error);
+    }
+    let delay = backoff.next().unwrap_or(Duration::from_secs(2));
+    tracing::debug!(%error, ?delay, "watch failed; re-creating it");
+    tokio::time::sleep(delay).await;
+    Ok(())
+}
