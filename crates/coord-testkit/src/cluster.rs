@@ -39,8 +39,9 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let mut cluster = coord_testkit::EtcdCluster::start(3).await?;
 /// let old = cluster.leader().await?;
 /// cluster.kill(old);
@@ -165,7 +166,8 @@ impl EtcdCluster {
     /// still runs) and waits until it is healthy.
     ///
     /// A member reports healthy only once it has a leader and can serve a linearizable
-    /// read, i.e. while a quorum is up. Restarting a member while too few others run
+    /// read, i.e. while a quorum is up. (A member that has just lost its quorum answers
+    /// `/health` only after about 7 s, when its read times out.) Restarting a member while too few others run
     /// therefore fails with a timeout (30 s): after losing quorum, first bring back
     /// members with [`restart_without_waiting`](Self::restart_without_waiting), then
     /// `restart` the one that completes the quorum.

@@ -28,8 +28,9 @@
 //! Start an own server for anything server-wide: killing and restarting it,
 //! compaction, TLS, authentication, extra etcd flags ([`EtcdBuilder`]).
 //!
-//! ```no_run
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut etcd = coord_testkit::Etcd::start().await?;
 //! let mut client = etcd.client().await?;
 //! client.put("k", "v", None).await?;
@@ -41,8 +42,9 @@
 //!
 //! With TLS ([`TestCerts`] are generated for you; [`Etcd::client`] trusts them):
 //!
-//! ```no_run
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let etcd = coord_testkit::Etcd::builder().tls(true).client_cert_auth(true).start().await?;
 //! let mut client = etcd.client().await?; // presents the CN=root client certificate
 //! client.put("k", "v", None).await?;
@@ -53,8 +55,9 @@
 //!
 //! For failover: kill the leader, watch the others elect a new one, bring it back.
 //!
-//! ```no_run
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut cluster = coord_testkit::EtcdCluster::start(3).await?;
 //! let leader = cluster.leader().await?;
 //! cluster.kill(leader);
@@ -68,8 +71,9 @@
 //! A TCP proxy between client and server that can partition ([`FaultProxy::blackhole`]),
 //! slow down ([`FaultProxy::delay`]) or reset ([`FaultProxy::cut`]) the connection.
 //!
-//! ```no_run
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let etcd = coord_testkit::Etcd::start().await?;
 //! let proxy = coord_testkit::FaultProxy::start(etcd.client_addr()).await?;
 //! let mut client = etcd_client::Client::connect([proxy.endpoint()], None).await?;

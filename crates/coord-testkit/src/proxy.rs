@@ -62,8 +62,9 @@ enum Mode {
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
 /// use coord_testkit::{Etcd, FaultProxy};
 ///
@@ -195,7 +196,9 @@ impl FaultProxy {
     }
 
     /// Resets (TCP RST) every current connection, on both sides, and returns once they
-    /// are closed. The proxy keeps accepting new connections in the current mode.
+    /// are closed, so the next request surely sees the reset. That takes the proxy
+    /// thread a moment (well under a millisecond per connection), during which this
+    /// call blocks. The proxy keeps accepting new connections in the current mode.
     pub fn cut(&self) {
         let open = self.shared.lock_open();
         let cut: Vec<u64> = open.iter().copied().collect();

@@ -28,8 +28,9 @@ const PORT_ATTEMPTS: usize = 3;
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let etcd = coord_testkit::Etcd::start().await?;
 /// let mut client = etcd.client().await?;
 /// client.put("greeting", "hello", None).await?;
@@ -75,8 +76,9 @@ impl Etcd {
     ///
     /// # Examples
     ///
-    /// ```no_run
-    /// # async fn example() -> Result<(), coord_testkit::Error> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), coord_testkit::Error> {
     /// let etcd = coord_testkit::Etcd::builder()
     ///     .tls(true)
     ///     .arg("--auto-compaction-retention=1")
@@ -143,8 +145,9 @@ impl Etcd {
     ///
     /// # Examples
     ///
-    /// ```no_run
-    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let etcd = coord_testkit::Etcd::start().await?;
     /// use std::time::Duration;
     /// let options = etcd.connect_options().with_keep_alive(Duration::from_secs(1), Duration::from_secs(1));
@@ -193,8 +196,9 @@ impl Etcd {
     ///
     /// # Examples
     ///
-    /// ```no_run
-    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let etcd = coord_testkit::Etcd::start().await?;
     /// let mut client = etcd.client().await?;
     /// client.put("k", "v1", None).await?;

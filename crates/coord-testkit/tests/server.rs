@@ -1,4 +1,6 @@
 //! A single etcd server: starting, sharing, killing, restarting, dropping, TLS, auth.
+// Helpers outside #[test] functions may unwrap like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 
