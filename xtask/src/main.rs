@@ -37,10 +37,34 @@ fn run(task: &str, rest: &[String]) -> Result<(), String> {
     match task {
         "protoc" => Ok(()),
         "test" => cargo(&root, &["test", "--workspace", "--locked"], rest),
-        "demo" => cargo(&root, &["run", "--locked", "--package", "coord-examples", "--bin", "demo", "--"], rest),
+        "demo" => cargo(
+            &root,
+            &[
+                "run",
+                "--locked",
+                "--package",
+                "coord-examples",
+                "--bin",
+                "demo",
+                "--",
+            ],
+            rest,
+        ),
         "lint" => {
             cargo(&root, &["fmt", "--all", "--", "--check"], &[])?;
-            cargo(&root, &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"], &[])?;
+            cargo(
+                &root,
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--locked",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+                &[],
+            )?;
             cargo_env(
                 &root,
                 &["doc", "--workspace", "--no-deps", "--locked"],
@@ -48,7 +72,9 @@ fn run(task: &str, rest: &[String]) -> Result<(), String> {
                 &[("RUSTDOCFLAGS", "-D warnings")],
             )
         }
-        other => Err(format!("unknown task `{other}` (expected test, demo, lint or protoc)")),
+        other => Err(format!(
+            "unknown task `{other}` (expected test, demo, lint or protoc)"
+        )),
     }
 }
 
@@ -78,10 +104,13 @@ fn copy_if_changed(src: &Path, dst: &Path) -> Result<(), String> {
     if same {
         return Ok(());
     }
-    let dir = dst.parent().ok_or_else(|| format!("{} has no parent", dst.display()))?;
+    let dir = dst
+        .parent()
+        .ok_or_else(|| format!("{} has no parent", dst.display()))?;
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let tmp = dst.with_extension("tmp");
-    std::fs::copy(src, &tmp).map_err(|e| format!("copy {} → {}: {e}", src.display(), tmp.display()))?;
+    std::fs::copy(src, &tmp)
+        .map_err(|e| format!("copy {} → {}: {e}", src.display(), tmp.display()))?;
     std::fs::rename(&tmp, dst).map_err(|e| format!("install {}: {e}", dst.display()))
 }
 
@@ -104,14 +133,21 @@ fn cargo(root: &Path, args: &[&str], rest: &[String]) -> Result<(), String> {
     cargo_env(root, args, rest, &[])
 }
 
-fn cargo_env(root: &Path, args: &[&str], rest: &[String], env: &[(&str, &str)]) -> Result<(), String> {
+fn cargo_env(
+    root: &Path,
+    args: &[&str],
+    rest: &[String],
+    env: &[(&str, &str)],
+) -> Result<(), String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root).args(args).args(rest);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let status = cmd.status().map_err(|e| format!("could not run cargo: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not run cargo: {e}"))?;
     if status.success() {
         Ok(())
     } else {

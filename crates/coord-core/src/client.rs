@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    DeleteOptions, DeleteResponse, GetOptions, GetResponse, LeaseGrantResponse, LeaseTimeToLiveOptions,
-    LeaseTimeToLiveResponse, PutOptions, PutResponse, Txn, TxnResponse,
+    DeleteOptions, DeleteResponse, GetOptions, GetResponse, LeaseGrantResponse,
+    LeaseTimeToLiveOptions, LeaseTimeToLiveResponse, PutOptions, PutResponse, Txn, TxnResponse,
 };
 
 use tokio::time::Instant;
@@ -100,7 +100,10 @@ impl Client {
         // With credentials etcd-client authenticates here; bound that like any request.
         let etcd = tokio::time::timeout(config.connect_timeout + config.request_timeout, connect)
             .await
-            .map_err(|_| Error::Timeout { operation: "connect", after: config.connect_timeout + config.request_timeout })?
+            .map_err(|_| Error::Timeout {
+                operation: "connect",
+                after: config.connect_timeout + config.request_timeout,
+            })?
             .map_err(|e| Error::from_etcd("connect", e))?;
         Ok(Client {
             etcd,
@@ -243,7 +246,11 @@ impl Client {
     /// # Cancel safety
     ///
     /// Cancel safe (a read).
-    pub async fn get(&self, key: impl Into<Vec<u8>>, options: Option<GetOptions>) -> Result<GetResponse> {
+    pub async fn get(
+        &self,
+        key: impl Into<Vec<u8>>,
+        options: Option<GetOptions>,
+    ) -> Result<GetResponse> {
         let key = key.into();
         self.idempotent_request("get", |mut etcd| {
             let (key, options) = (key.clone(), options.clone());
@@ -284,7 +291,11 @@ impl Client {
     /// # Cancel safety
     ///
     /// Dropping the future abandons the request; the delete may or may not have happened.
-    pub async fn delete(&self, key: impl Into<Vec<u8>>, options: Option<DeleteOptions>) -> Result<DeleteResponse> {
+    pub async fn delete(
+        &self,
+        key: impl Into<Vec<u8>>,
+        options: Option<DeleteOptions>,
+    ) -> Result<DeleteResponse> {
         let key = key.into();
         self.request("delete", |mut etcd| {
             let (key, options) = (key.clone(), options.clone());
@@ -321,7 +332,10 @@ impl Client {
     ///
     /// Dropping the future may leave a granted lease behind; it expires after its TTL.
     pub async fn lease_grant(&self, ttl_secs: i64) -> Result<LeaseGrantResponse> {
-        self.request("lease grant", |mut etcd| async move { etcd.lease_grant(ttl_secs, None).await }).await
+        self.request("lease grant", |mut etcd| async move {
+            etcd.lease_grant(ttl_secs, None).await
+        })
+        .await
     }
 
     /// Revokes a lease, deleting every key attached to it.
@@ -335,9 +349,11 @@ impl Client {
     ///
     /// Dropping the future abandons the request; the lease may or may not be revoked.
     pub async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
-        self.request("lease revoke", |mut etcd| async move { etcd.lease_revoke(lease.get()).await })
-            .await
-            .map(drop)
+        self.request("lease revoke", |mut etcd| async move {
+            etcd.lease_revoke(lease.get()).await
+        })
+        .await
+        .map(drop)
     }
 
     /// Asks the server how long a lease has left (`ttl() == -1` when it does not exist).
@@ -349,7 +365,11 @@ impl Client {
     /// # Cancel safety
     ///
     /// Cancel safe (a read).
-    pub async fn lease_time_to_live(&self, lease: LeaseId, with_keys: bool) -> Result<LeaseTimeToLiveResponse> {
+    pub async fn lease_time_to_live(
+        &self,
+        lease: LeaseId,
+        with_keys: bool,
+    ) -> Result<LeaseTimeToLiveResponse> {
         self.idempotent_request("lease time-to-live", |mut etcd| async move {
             let options = with_keys.then(|| LeaseTimeToLiveOptions::new().with_keys());
             etcd.lease_time_to_live(lease.get(), options).await
@@ -367,7 +387,9 @@ impl Client {
     ///
     /// Cancel safe (a read).
     pub async fn check(&self) -> Result<ServerInfo> {
-        let status = self.idempotent_request("status", |mut etcd| async move { etcd.status().await }).await?;
+        let status = self
+            .idempotent_request("status", |mut etcd| async move { etcd.status().await })
+            .await?;
         let header = status.header();
         Ok(ServerInfo {
             version: status.version().to_owned(),

@@ -79,7 +79,10 @@ impl ClientConfig {
             tls: None,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
-            keep_alive: Some((Self::DEFAULT_KEEP_ALIVE_INTERVAL, Self::DEFAULT_KEEP_ALIVE_TIMEOUT)),
+            keep_alive: Some((
+                Self::DEFAULT_KEEP_ALIVE_INTERVAL,
+                Self::DEFAULT_KEEP_ALIVE_TIMEOUT,
+            )),
             tcp_keepalive: Some(Self::DEFAULT_TCP_KEEPALIVE),
         }
     }
@@ -95,7 +98,11 @@ impl ClientConfig {
     /// Authenticates as `user` with `password` (etcd's simple auth; tokens are refreshed when they
     /// expire).
     #[must_use = "builder methods return the modified config"]
-    pub fn with_user(mut self, user: impl Into<String>, password: impl Into<String>) -> ClientConfig {
+    pub fn with_user(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> ClientConfig {
         self.user = Some((user.into(), password.into()));
         self
     }
@@ -182,7 +189,10 @@ impl ClientConfig {
         }
         if let Some((interval, timeout)) = self.keep_alive {
             if interval.is_zero() || timeout.is_zero() {
-                return Err(config_error("keep_alive", "interval and timeout must be greater than zero"));
+                return Err(config_error(
+                    "keep_alive",
+                    "interval and timeout must be greater than zero",
+                ));
             }
         }
         if let Some((user, _)) = &self.user {
@@ -239,13 +249,18 @@ fn validate_endpoint(endpoint: &str, tls: bool) -> Result<()> {
         return Err(config_error("endpoints", "an endpoint is empty"));
     }
     if endpoint.chars().any(char::is_whitespace) {
-        return Err(config_error("endpoints", format!("endpoint {endpoint:?} contains whitespace")));
+        return Err(config_error(
+            "endpoints",
+            format!("endpoint {endpoint:?} contains whitespace"),
+        ));
     }
     let rest = if let Some(rest) = endpoint.strip_prefix("http://") {
         if tls {
             return Err(config_error(
                 "endpoints",
-                format!("endpoint {endpoint:?} is plain http:// but TLS is configured (use https://)"),
+                format!(
+                    "endpoint {endpoint:?} is plain http:// but TLS is configured (use https://)"
+                ),
             ));
         }
         rest
@@ -266,14 +281,19 @@ fn validate_endpoint(endpoint: &str, tls: bool) -> Result<()> {
     if !port_ok {
         return Err(config_error(
             "endpoints",
-            format!("endpoint {endpoint:?} must be host:port, optionally with an http:// or https:// scheme"),
+            format!(
+                "endpoint {endpoint:?} must be host:port, optionally with an http:// or https:// scheme"
+            ),
         ));
     }
     Ok(())
 }
 
 fn config_error(field: &'static str, reason: impl Into<String>) -> Error {
-    Error::InvalidConfig { field, reason: reason.into() }
+    Error::InvalidConfig {
+        field,
+        reason: reason.into(),
+    }
 }
 
 /// TLS settings: the CA that signs the servers' certificates, and optionally a client certificate
@@ -283,7 +303,7 @@ fn config_error(field: &'static str, reason: impl Into<String>) -> Error {
 /// use coord_core::TlsConfig;
 ///
 /// let tls = TlsConfig::new()
-///     .with_ca_pem(b"-----BEGIN CERTIFICATE-----\n…".to_vec())
+///     .with_ca_pem(b"-----BEGIN CERTIFICATE-----\n...".to_vec())
 ///     .with_identity_pem(b"client cert".to_vec(), b"client key".to_vec())
 ///     .with_domain("etcd.internal");
 /// # let _ = tls;
@@ -321,7 +341,11 @@ impl TlsConfig {
 
     /// Presents this client certificate and key (PEM) for mutual TLS (`--client-cert-auth`).
     #[must_use = "builder methods return the modified config"]
-    pub fn with_identity_pem(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> TlsConfig {
+    pub fn with_identity_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> TlsConfig {
         self.identity = Some((cert_pem.into(), key_pem.into()));
         self
     }
@@ -361,18 +385,37 @@ mod tests {
 
     #[test]
     fn a_plain_config_is_valid() {
-        ClientConfig::new(["127.0.0.1:2379", "http://a:1", "https://b:2/"]).validate().unwrap();
+        ClientConfig::new(["127.0.0.1:2379", "http://a:1", "https://b:2/"])
+            .validate()
+            .unwrap();
     }
 
     #[test]
     fn no_endpoints_is_rejected() {
-        assert_eq!(field_of(ClientConfig::new(Vec::<String>::new()).validate()), "endpoints");
+        assert_eq!(
+            field_of(ClientConfig::new(Vec::<String>::new()).validate()),
+            "endpoints"
+        );
     }
 
     #[test]
     fn malformed_endpoints_are_rejected() {
-        for bad in ["", " ", "localhost", "http://", "http://:2379", "a:b", "a:0", "ftp://a:1", "a :1"] {
-            assert_eq!(field_of(ClientConfig::new([bad]).validate()), "endpoints", "{bad:?}");
+        for bad in [
+            "",
+            " ",
+            "localhost",
+            "http://",
+            "http://:2379",
+            "a:b",
+            "a:0",
+            "ftp://a:1",
+            "a :1",
+        ] {
+            assert_eq!(
+                field_of(ClientConfig::new([bad]).validate()),
+                "endpoints",
+                "{bad:?}"
+            );
         }
     }
 
@@ -385,23 +428,38 @@ mod tests {
     #[test]
     fn zero_timeouts_are_rejected() {
         let base = ClientConfig::new(["a:1"]);
-        assert_eq!(field_of(base.clone().with_request_timeout(Duration::ZERO).validate()), "request_timeout");
-        assert_eq!(field_of(base.clone().with_connect_timeout(Duration::ZERO).validate()), "connect_timeout");
         assert_eq!(
-            field_of(base.with_keep_alive(Duration::ZERO, Duration::from_secs(1)).validate()),
+            field_of(base.clone().with_request_timeout(Duration::ZERO).validate()),
+            "request_timeout"
+        );
+        assert_eq!(
+            field_of(base.clone().with_connect_timeout(Duration::ZERO).validate()),
+            "connect_timeout"
+        );
+        assert_eq!(
+            field_of(
+                base.with_keep_alive(Duration::ZERO, Duration::from_secs(1))
+                    .validate()
+            ),
             "keep_alive"
         );
     }
 
     #[test]
     fn nul_in_namespace_is_rejected() {
-        assert_eq!(field_of(ClientConfig::new(["a:1"]).with_namespace("a\0").validate()), "namespace");
+        assert_eq!(
+            field_of(ClientConfig::new(["a:1"]).with_namespace("a\0").validate()),
+            "namespace"
+        );
     }
 
     #[test]
     fn debug_output_hides_the_password() {
         let config = ClientConfig::new(["a:1"]).with_user("alice", "hunter2");
         let shown = format!("{config:?}");
-        assert!(shown.contains("alice") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("alice") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 }

@@ -79,7 +79,9 @@ pub enum Error {
     },
 
     /// The TLS handshake failed: wrong CA, expired or mismatched certificate, plain-text server…
-    #[error("TLS handshake with etcd failed during {operation} (check the CA, certificate and server name)")]
+    #[error(
+        "TLS handshake with etcd failed during {operation} (check the CA, certificate and server name)"
+    )]
     Tls {
         /// The operation that failed.
         operation: &'static str,
@@ -180,7 +182,9 @@ impl Error {
     pub fn from_etcd(operation: &'static str, source: etcd_client::Error) -> Error {
         let source = EtcdError(source);
         let code = match &source.0 {
-            etcd_client::Error::GRpcStatus(status) => Some((status.code(), status.message().to_owned())),
+            etcd_client::Error::GRpcStatus(status) => {
+                Some((status.code(), status.message().to_owned()))
+            }
             etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
                 return if mentions_tls(&source) {
                     Error::Tls { operation, source }
@@ -205,12 +209,16 @@ impl Error {
             Code::Unavailable | Code::Unknown | Code::Cancelled if mentions_tls(&source) => {
                 Error::Tls { operation, source }
             }
-            Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted | Code::Cancelled => {
-                Error::Unavailable { operation, source }
-            }
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Cancelled => Error::Unavailable { operation, source },
             // etcd reports "leader changed" and "timed out" style conditions as Unknown in some
             // versions; they are transient.
-            Code::Unknown if is_transient_message(&message) => Error::Unavailable { operation, source },
+            Code::Unknown if is_transient_message(&message) => {
+                Error::Unavailable { operation, source }
+            }
             _ => Error::Etcd { operation, source },
         }
     }

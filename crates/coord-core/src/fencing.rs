@@ -72,7 +72,10 @@ pub struct Ownership {
 impl Ownership {
     /// Ownership of `key` as created at `create_revision`.
     pub fn new(key: impl Into<Vec<u8>>, create_revision: i64) -> Ownership {
-        Ownership { key: key.into(), token: FencingToken(create_revision) }
+        Ownership {
+            key: key.into(),
+            token: FencingToken(create_revision),
+        }
     }
 
     /// The full key (namespace included).

@@ -101,7 +101,10 @@ fn check_name(namespace: &str, name: &str) -> Result<(), NameError> {
     // namespace + name + "/" + up to 16 hex digits of a lease id.
     let len = namespace.len() + name.len() + 1 + 16;
     if len > MAX_KEY_LEN {
-        return Err(NameError::TooLong { len, max: MAX_KEY_LEN });
+        return Err(NameError::TooLong {
+            len,
+            max: MAX_KEY_LEN,
+        });
     }
     Ok(())
 }
@@ -117,7 +120,10 @@ fn invalid(name: &str, reason: NameError) -> crate::Error {
     } else {
         name.to_owned()
     };
-    crate::Error::InvalidName { name: shown, reason }
+    crate::Error::InvalidName {
+        name: shown,
+        reason,
+    }
 }
 
 /// An etcd lease id.
@@ -205,7 +211,10 @@ mod tests {
     #[test]
     fn lease_ids_are_lowercase_hex_without_padding() {
         assert_eq!(LeaseId::new(0x1).to_string(), "1");
-        assert_eq!(LeaseId::new(0x7fff_ffff_ffff_ffff).to_string(), "7fffffffffffffff");
+        assert_eq!(
+            LeaseId::new(0x7fff_ffff_ffff_ffff).to_string(),
+            "7fffffffffffffff"
+        );
         assert_eq!(LeaseId::new(0xABC).to_string(), "abc");
     }
 
@@ -216,7 +225,10 @@ mod tests {
 
     #[test]
     fn nul_byte_is_rejected_with_its_offset() {
-        assert_eq!(check_name("", "ab\0c"), Err(NameError::NulByte { offset: 2 }));
+        assert_eq!(
+            check_name("", "ab\0c"),
+            Err(NameError::NulByte { offset: 2 })
+        );
     }
 
     #[test]
@@ -234,23 +246,37 @@ mod tests {
     #[test]
     fn segments_reject_any_slash() {
         let err = validate_segment("a/b").unwrap_err();
-        assert!(matches!(err, crate::Error::InvalidName { reason: NameError::Slash { offset: 1 }, .. }));
+        assert!(matches!(
+            err,
+            crate::Error::InvalidName {
+                reason: NameError::Slash { offset: 1 },
+                ..
+            }
+        ));
     }
 
     #[test]
     fn over_long_keys_are_rejected_counting_the_namespace() {
         let name = "x".repeat(MAX_KEY_LEN);
-        assert!(matches!(check_name("", &name), Err(NameError::TooLong { .. })));
+        assert!(matches!(
+            check_name("", &name),
+            Err(NameError::TooLong { .. })
+        ));
         let fits = "x".repeat(MAX_KEY_LEN - 17 - 3);
         assert!(check_name("ns/", &fits).is_ok());
-        assert!(matches!(check_name("ns/x", &fits), Err(NameError::TooLong { .. })));
+        assert!(matches!(
+            check_name("ns/x", &fits),
+            Err(NameError::TooLong { .. })
+        ));
     }
 
     #[test]
     fn invalid_name_error_shortens_huge_names() {
         let name = "é".repeat(MAX_KEY_LEN);
         let err = validate_name("", &name).unwrap_err();
-        let crate::Error::InvalidName { name: shown, .. } = err else { panic!("wrong variant") };
+        let crate::Error::InvalidName { name: shown, .. } = err else {
+            panic!("wrong variant")
+        };
         assert!(shown.len() < 200, "{shown}");
     }
 

@@ -70,7 +70,7 @@ pub mod watch;
 
 pub use client::{Client, ServerInfo};
 pub use config::{ClientConfig, TlsConfig};
-pub use error::{EtcdError, Error, Result};
+pub use error::{Error, EtcdError, Result};
 pub use fencing::{FencingToken, Ownership};
 pub use keys::{LeaseId, NameError};
 pub use retry::RetryPolicy;

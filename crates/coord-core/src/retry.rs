@@ -137,7 +137,10 @@ mod tests {
         let result = RetryPolicy::new()
             .retry(|| async {
                 if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                    Err(Error::Timeout { operation: "get", after: Duration::from_secs(1) })
+                    Err(Error::Timeout {
+                        operation: "get",
+                        after: Duration::from_secs(1),
+                    })
                 } else {
                     Ok(7)
                 }
@@ -153,7 +156,10 @@ mod tests {
         let result: Result<()> = RetryPolicy::new()
             .retry(|| async {
                 calls.fetch_add(1, Ordering::SeqCst);
-                Err(Error::InvalidConfig { field: "ttl", reason: "zero".into() })
+                Err(Error::InvalidConfig {
+                    field: "ttl",
+                    reason: "zero".into(),
+                })
             })
             .await;
         assert!(matches!(result, Err(Error::InvalidConfig { .. })));
@@ -167,7 +173,10 @@ mod tests {
             .with_max_times(Some(2))
             .retry(|| async {
                 calls.fetch_add(1, Ordering::SeqCst);
-                Err(Error::Timeout { operation: "get", after: Duration::from_secs(1) })
+                Err(Error::Timeout {
+                    operation: "get",
+                    after: Duration::from_secs(1),
+                })
             })
             .await;
         assert!(result.is_err());
@@ -176,7 +185,9 @@ mod tests {
 
     #[test]
     fn backoff_delays_stay_within_bounds() {
-        let policy = RetryPolicy::new().with_max_delay(Duration::from_millis(400)).with_max_elapsed(None);
+        let policy = RetryPolicy::new()
+            .with_max_delay(Duration::from_millis(400))
+            .with_max_elapsed(None);
         for delay in policy.backoff().take(50) {
             // Jitter adds up to one more delay on top.
             assert!(delay <= Duration::from_millis(800), "{delay:?}");

@@ -147,7 +147,10 @@ impl SessionBuilder {
             if self.exact_ttl && self.resume.is_none() {
                 // Best effort: the caller refused this lease; don't leave it for its whole TTL.
                 let _ = self.client.lease_revoke(lease).await;
-                return Err(Error::TtlNotGranted { requested: self.ttl, granted });
+                return Err(Error::TtlNotGranted {
+                    requested: self.ttl,
+                    granted,
+                });
             }
             tracing::warn!(%lease, requested = ?self.ttl, ?granted, "etcd granted a different TTL than requested");
         }
@@ -159,12 +162,22 @@ impl SessionBuilder {
             None => (sent, sent + granted / 3),
             Some(_) => (sent.checked_sub(granted - remaining).unwrap_or(sent), sent),
         };
-        Ok(Session::spawn(self.client, lease, granted, margin, last_ok, first_renewal))
+        Ok(Session::spawn(
+            self.client,
+            lease,
+            granted,
+            margin,
+            last_ok,
+            first_renewal,
+        ))
     }
 }
 
 fn validate_ttl(ttl: Duration) -> Result<i64> {
-    let invalid = |reason: &str| Error::InvalidConfig { field: "ttl", reason: format!("{ttl:?}: {reason}") };
+    let invalid = |reason: &str| Error::InvalidConfig {
+        field: "ttl",
+        reason: format!("{ttl:?}: {reason}"),
+    };
     if ttl.is_zero() {
         return Err(invalid("a session TTL must be at least 1 s"));
     }
@@ -283,7 +296,13 @@ impl Drop for Handle {
 impl Session {
     /// Starts building a session on `client` (TTL 60 s unless set).
     pub fn builder(client: Client) -> SessionBuilder {
-        SessionBuilder { client, ttl: SessionBuilder::DEFAULT_TTL, exact_ttl: false, loss_margin: None, resume: None }
+        SessionBuilder {
+            client,
+            ttl: SessionBuilder::DEFAULT_TTL,
+            exact_ttl: false,
+            loss_margin: None,
+            resume: None,
+        }
     }
 
     /// A session with the given TTL and default settings.
@@ -299,7 +318,14 @@ impl Session {
         Session::builder(client).ttl(ttl).start().await
     }
 
-    fn spawn(client: Client, lease: LeaseId, ttl: Duration, margin: Duration, last_ok: Instant, next: Instant) -> Session {
+    fn spawn(
+        client: Client,
+        lease: LeaseId,
+        ttl: Duration,
+        margin: Duration,
+        last_ok: Instant,
+        next: Instant,
+    ) -> Session {
         let (state, _) = watch::channel(SessionState::Alive);
         let shared = Arc::new(Shared {
             state,
@@ -308,10 +334,27 @@ impl Session {
             no_revoke: AtomicBool::new(false),
             deadline: StdMutex::new(last_ok + ttl - margin),
         });
-        let keeper = KeepAlive { client: client.clone(), lease, ttl, margin, shared: shared.clone(), last_ok, next };
+        let keeper = KeepAlive {
+            client: client.clone(),
+            lease,
+            ttl,
+            margin,
+            shared: shared.clone(),
+            last_ok,
+            next,
+        };
         let task = tokio::spawn(keeper.run());
         tracing::debug!(%lease, ?ttl, ?margin, "session started");
-        Session { handle: Arc::new(Handle { client, lease, ttl, margin, shared, task: StdMutex::new(Some(task)) }) }
+        Session {
+            handle: Arc::new(Handle {
+                client,
+                lease,
+                ttl,
+                margin,
+                shared,
+                task: StdMutex::new(Some(task)),
+            }),
+        }
     }
 
     /// The client the session was made with.
@@ -353,15 +396,24 @@ impl Session {
     pub fn check_alive(&self) -> Result<()> {
         match self.state() {
             SessionState::Alive => Ok(()),
-            SessionState::Lost(_) => Err(Error::SessionLost { lease_id: self.handle.lease }),
-            SessionState::Closed => Err(Error::SessionClosed { lease_id: self.handle.lease }),
+            SessionState::Lost(_) => Err(Error::SessionLost {
+                lease_id: self.handle.lease,
+            }),
+            SessionState::Closed => Err(Error::SessionClosed {
+                lease_id: self.handle.lease,
+            }),
         }
     }
 
     /// The local deadline: the instant at which the session declares itself lost unless a keep-alive
     /// succeeds first. The server holds the lease at least until `deadline + loss_margin`.
     pub fn deadline(&self) -> Instant {
-        *self.handle.shared.deadline.lock().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .handle
+            .shared
+            .deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A receiver of state changes, as a [`tokio::sync::watch`] channel.
@@ -426,9 +478,16 @@ impl Session {
     }
 
     fn stop_task(&self, no_revoke: bool) -> Option<JoinHandle<()>> {
-        self.handle.shared.no_revoke.store(no_revoke, Ordering::SeqCst);
+        self.handle
+            .shared
+            .no_revoke
+            .store(no_revoke, Ordering::SeqCst);
         self.handle.shared.stop.cancel();
-        self.handle.task.lock().unwrap_or_else(PoisonError::into_inner).take()
+        self.handle
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 }
 
@@ -512,7 +571,9 @@ impl KeepAlive {
             // Dropped without close(): revoke in the background so waiters need not wait a TTL.
             match self.client.lease_revoke(self.lease).await {
                 Ok(()) => tracing::debug!(lease = %self.lease, "session dropped; lease revoked"),
-                Err(error) => tracing::debug!(lease = %self.lease, %error, "session dropped; revoke failed"),
+                Err(error) => {
+                    tracing::debug!(lease = %self.lease, %error, "session dropped; revoke failed")
+                }
             }
             self.shared.end(SessionState::Closed);
         }
@@ -543,15 +604,23 @@ async fn renew(
                 // etcd-client consumes the first reply (checking that its TTL is positive).
                 Ok(Renewal::Alive(None))
             }
-            Err(etcd_client::Error::LeaseKeepAliveError(msg)) if msg.contains("lease not found") => Ok(Renewal::Expired),
+            Err(etcd_client::Error::LeaseKeepAliveError(msg))
+                if msg.contains("lease not found") =>
+            {
+                Ok(Renewal::Expired)
+            }
             Err(e) => Err(e),
         };
     };
     keeper.keep_alive().await?;
     match replies.message().await? {
         Some(reply) if reply.ttl() <= 0 => Ok(Renewal::Expired),
-        Some(reply) => Ok(Renewal::Alive(Some(Duration::from_secs(reply.ttl().unsigned_abs())))),
-        None => Err(etcd_client::Error::LeaseKeepAliveError("keep-alive stream closed by the server".into())),
+        Some(reply) => Ok(Renewal::Alive(Some(Duration::from_secs(
+            reply.ttl().unsigned_abs(),
+        )))),
+        None => Err(etcd_client::Error::LeaseKeepAliveError(
+            "keep-alive stream closed by the server".into(),
+        )),
     }
 }
 
@@ -561,7 +630,10 @@ mod tests {
 
     #[test]
     fn ttl_zero_is_rejected() {
-        assert!(matches!(validate_ttl(Duration::ZERO), Err(Error::InvalidConfig { field: "ttl", .. })));
+        assert!(matches!(
+            validate_ttl(Duration::ZERO),
+            Err(Error::InvalidConfig { field: "ttl", .. })
+        ));
     }
 
     #[test]
@@ -577,9 +649,18 @@ mod tests {
 
     #[test]
     fn default_margin_is_a_sixth_clamped() {
-        assert_eq!(default_margin(Duration::from_secs(6)), Duration::from_secs(1));
-        assert_eq!(default_margin(Duration::from_secs(60)), Duration::from_secs(2));
-        assert_eq!(default_margin(Duration::from_millis(300)), Duration::from_millis(100));
+        assert_eq!(
+            default_margin(Duration::from_secs(6)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            default_margin(Duration::from_secs(60)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            default_margin(Duration::from_millis(300)),
+            Duration::from_millis(100)
+        );
     }
 
     #[test]

@@ -47,7 +47,11 @@ use crate::{Client, Error, Result, RetryPolicy};
 /// }
 /// # Ok(()) }
 /// ```
-pub async fn wait_deleted(client: &Client, key: impl Into<Vec<u8>>, start_revision: i64) -> Result<i64> {
+pub async fn wait_deleted(
+    client: &Client,
+    key: impl Into<Vec<u8>>,
+    start_revision: i64,
+) -> Result<i64> {
     let key = key.into();
     let mut next = start_revision;
     let mut backoff = reconnect_backoff();
@@ -56,7 +60,12 @@ pub async fn wait_deleted(client: &Client, key: impl Into<Vec<u8>>, start_revisi
             .with_start_revision(next)
             .with_progress_notify()
             .with_filters([WatchFilterType::NoPut]);
-        let mut stream = match client.etcd().watch_client().watch(key.clone(), Some(options)).await {
+        let mut stream = match client
+            .etcd()
+            .watch_client()
+            .watch(key.clone(), Some(options))
+            .await
+        {
             Ok(stream) => stream,
             Err(source) => {
                 let error = Error::from_etcd("watch", source);
@@ -78,10 +87,15 @@ pub async fn wait_deleted(client: &Client, key: impl Into<Vec<u8>>, start_revisi
                 }
             };
             if resp.compact_revision() > 0 {
-                return Err(Error::Compacted { requested: next, compact_revision: resp.compact_revision() });
+                return Err(Error::Compacted {
+                    requested: next,
+                    compact_revision: resp.compact_revision(),
+                });
             }
             if resp.canceled() {
-                return Err(Error::WatchCancelled { reason: resp.cancel_reason().to_owned() });
+                return Err(Error::WatchCancelled {
+                    reason: resp.cancel_reason().to_owned(),
+                });
             }
             backoff = reconnect_backoff();
             for event in resp.events() {

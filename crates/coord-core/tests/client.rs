@@ -1,4 +1,5 @@
 //! Client behaviour: timeouts, error classification, Go interop of the key layout.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests: failing loudly is the point
 
 mod common;
 
@@ -11,9 +12,21 @@ use etcd_client::LockOptions;
 
 #[tokio::test]
 async fn an_unreachable_endpoint_is_a_retryable_unavailable_error() {
-    let client = ClientConfig::new(["http://127.0.0.1:1"]).connect().await.unwrap();
+    let client = ClientConfig::new(["http://127.0.0.1:1"])
+        .connect()
+        .await
+        .unwrap();
     let err = client.get("k", None).await.unwrap_err();
-    assert!(matches!(err, Error::Unavailable { operation: "get", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                operation: "get",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.is_retryable());
 }
 
@@ -30,23 +43,52 @@ async fn the_request_timeout_does_not_cut_a_blocking_wait() {
     let etcd = coord_testkit::shared().await.unwrap();
     let ns = coord_testkit::unique_namespace("blocking_wait");
     let timeout = Duration::from_millis(300);
-    let client = ClientConfig::new(etcd.endpoints()).with_namespace(ns).with_request_timeout(timeout).connect().await.unwrap();
-    let holder = Session::new(client.clone(), Duration::from_secs(10)).await.unwrap();
-    let waiter = Session::new(client.clone(), Duration::from_secs(10)).await.unwrap();
+    let client = ClientConfig::new(etcd.endpoints())
+        .with_namespace(ns)
+        .with_request_timeout(timeout)
+        .connect()
+        .await
+        .unwrap();
+    let holder = Session::new(client.clone(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let waiter = Session::new(client.clone(), Duration::from_secs(10))
+        .await
+        .unwrap();
     let name = client.key("lock");
 
     let mut locks = client.etcd().lock_client();
-    locks.lock(name.clone(), Some(LockOptions::new().with_lease(holder.lease_id().get()))).await.unwrap();
+    locks
+        .lock(
+            name.clone(),
+            Some(LockOptions::new().with_lease(holder.lease_id().get())),
+        )
+        .await
+        .unwrap();
 
     let mut blocked = client.etcd().lock_client();
     let waiting = tokio::spawn(async move {
-        blocked.lock(name, Some(LockOptions::new().with_lease(waiter.lease_id().get()))).await.map(|r| r.key().to_vec())
+        blocked
+            .lock(
+                name,
+                Some(LockOptions::new().with_lease(waiter.lease_id().get())),
+            )
+            .await
+            .map(|r| r.key().to_vec())
     });
     // The wait must outlast several request timeouts without being cut.
     tokio::time::sleep(timeout * 4).await;
-    assert!(!waiting.is_finished(), "the lock wait ended early: {:?}", waiting.await);
+    assert!(
+        !waiting.is_finished(),
+        "the lock wait ended early: {:?}",
+        waiting.await
+    );
     holder.close().await.unwrap();
-    let key = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap().unwrap();
+    let key = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(!key.is_empty());
 }
 
@@ -56,11 +98,19 @@ async fn the_request_timeout_does_not_cut_a_blocking_wait() {
 #[tokio::test]
 async fn the_servers_go_lock_uses_the_documented_key_layout() {
     let client = shared_client("interop").await;
-    let session = Session::new(client.clone(), Duration::from_secs(10)).await.unwrap();
+    let session = Session::new(client.clone(), Duration::from_secs(10))
+        .await
+        .unwrap();
     let name = client.key("jobs");
 
     let mut locks = client.etcd().lock_client();
-    let resp = locks.lock(name.clone(), Some(LockOptions::new().with_lease(session.lease_id().get()))).await.unwrap();
+    let resp = locks
+        .lock(
+            name.clone(),
+            Some(LockOptions::new().with_lease(session.lease_id().get())),
+        )
+        .await
+        .unwrap();
 
     let expected = lease_key(client.namespace(), "jobs", session.lease_id());
     assert_eq!(std::str::from_utf8(resp.key()).unwrap(), expected);

@@ -1,4 +1,5 @@
 //! Sessions under faults: partitions, reset connections, member failures. Each test owns its servers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests: failing loudly is the point
 
 mod common;
 
@@ -21,17 +22,26 @@ async fn loss_is_signalled_within_the_ttl_and_before_the_server_deletes_the_keys
         .await
         .unwrap();
 
-    let session = Session::new(via_proxy.clone(), Duration::from_secs(3)).await.unwrap();
+    let session = Session::new(via_proxy.clone(), Duration::from_secs(3))
+        .await
+        .unwrap();
     let key = direct.key("member");
     let put = via_proxy
-        .put(key.clone(), "up", Some(PutOptions::new().with_lease(session.lease_id().get())))
+        .put(
+            key.clone(),
+            "up",
+            Some(PutOptions::new().with_lease(session.lease_id().get())),
+        )
         .await
         .unwrap();
 
     // The server's view: a watch on the key, over a direct connection.
     let mut watch = direct.etcd().watch_client();
     let mut events = watch
-        .watch(key.clone(), Some(WatchOptions::new().with_start_revision(put.header().unwrap().revision() + 1)))
+        .watch(
+            key.clone(),
+            Some(WatchOptions::new().with_start_revision(put.header().unwrap().revision() + 1)),
+        )
         .await
         .unwrap();
 
@@ -44,66 +54,124 @@ async fn loss_is_signalled_within_the_ttl_and_before_the_server_deletes_the_keys
         let lost_at = Instant::now();
         // At the moment the client declares loss the server must still hold the lease
         // (time-to-live answers -1 for a lease it no longer has; whole seconds, so 0 may mean < 1 s).
-        let server_ttl = direct.lease_time_to_live(session.lease_id(), false).await.unwrap().ttl();
+        let server_ttl = direct
+            .lease_time_to_live(session.lease_id(), false)
+            .await
+            .unwrap()
+            .ttl();
         (end, lost_at, server_ttl)
     };
     let deleted = async {
         loop {
             let resp = events.message().await.unwrap().expect("watch ended");
-            if resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
+            if resp
+                .events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+            {
                 return Instant::now();
             }
         }
     };
     let bound = Duration::from_secs(30); // failure bound only
     let ((end, lost_at, server_ttl), deleted_at) =
-        tokio::time::timeout(bound, async { tokio::join!(lost, deleted) }).await.expect("neither loss nor expiry");
+        tokio::time::timeout(bound, async { tokio::join!(lost, deleted) })
+            .await
+            .expect("neither loss nor expiry");
 
     assert_eq!(end, SessionState::Lost(LossReason::Unconfirmed));
-    assert!(lost_at - partitioned_at < session.ttl(), "loss took {:?}", lost_at - partitioned_at);
-    assert!(server_ttl >= 0, "the server had already expired the lease when loss was signalled");
-    assert!(lost_at < deleted_at, "the server deleted the keys before the client declared loss");
+    assert!(
+        lost_at - partitioned_at < session.ttl(),
+        "loss took {:?}",
+        lost_at - partitioned_at
+    );
+    assert!(
+        server_ttl >= 0,
+        "the server had already expired the lease when loss was signalled"
+    );
+    assert!(
+        lost_at < deleted_at,
+        "the server deleted the keys before the client declared loss"
+    );
 }
 
 #[tokio::test]
 async fn session_survives_reset_connections() {
     let etcd = Etcd::start().await.unwrap();
     let proxy = FaultProxy::start(etcd.client_addr()).await.unwrap();
-    let client = ClientConfig::new([proxy.endpoint()]).connect().await.unwrap();
-    let session = Session::new(client.clone(), Duration::from_secs(3)).await.unwrap();
+    let client = ClientConfig::new([proxy.endpoint()])
+        .connect()
+        .await
+        .unwrap();
+    let session = Session::new(client.clone(), Duration::from_secs(3))
+        .await
+        .unwrap();
     let mut state = session.subscribe();
 
     for _ in 0..3 {
         proxy.cut();
         // Without a keep-alive on a new connection the session would be lost within one TTL.
         let changed = tokio::time::timeout(session.ttl(), state.changed()).await;
-        assert!(changed.is_err(), "session ended after a reset: {:?}", session.state());
+        assert!(
+            changed.is_err(),
+            "session ended after a reset: {:?}",
+            session.state()
+        );
     }
     let direct = client_of(&etcd, "reset").await;
-    assert!(direct.lease_time_to_live(session.lease_id(), false).await.unwrap().ttl() > 0);
+    assert!(
+        direct
+            .lease_time_to_live(session.lease_id(), false)
+            .await
+            .unwrap()
+            .ttl()
+            > 0
+    );
 }
 
 #[tokio::test]
 async fn session_survives_the_loss_of_each_member_in_turn() {
     let mut cluster = EtcdCluster::start(3).await.unwrap();
-    let client = ClientConfig::new(cluster.endpoints()).connect().await.unwrap();
-    let session = Session::new(client.clone(), Duration::from_secs(6)).await.unwrap();
+    let client = ClientConfig::new(cluster.endpoints())
+        .connect()
+        .await
+        .unwrap();
+    let session = Session::new(client.clone(), Duration::from_secs(6))
+        .await
+        .unwrap();
     let key = client.key(&coord_testkit::unique_namespace("cluster"));
-    client.put(key.clone(), "v", Some(PutOptions::new().with_lease(session.lease_id().get()))).await.unwrap();
+    client
+        .put(
+            key.clone(),
+            "v",
+            Some(PutOptions::new().with_lease(session.lease_id().get())),
+        )
+        .await
+        .unwrap();
     let mut state = session.subscribe();
 
     // Whichever member the client's connections use, one of these kills hits it; the leader is
     // killed first, so the lease also moves to a new leader.
     let leader = cluster.leader().await.unwrap();
-    let order: Vec<usize> = std::iter::once(leader).chain((0..3).filter(|&i| i != leader)).collect();
+    let order: Vec<usize> = std::iter::once(leader)
+        .chain((0..3).filter(|&i| i != leader))
+        .collect();
     for i in order {
         cluster.kill(i);
         // Stay down for a full TTL: the session must keep the lease through the survivors.
         let changed = tokio::time::timeout(session.ttl(), state.changed()).await;
-        assert!(changed.is_err(), "session ended with member {i} down: {:?}", session.state());
+        assert!(
+            changed.is_err(),
+            "session ended with member {i} down: {:?}",
+            session.state()
+        );
         cluster.restart(i).await.unwrap();
     }
     assert_eq!(session.state(), SessionState::Alive);
-    assert_eq!(client.get(key, None).await.unwrap().kvs().len(), 1, "the lease's key is gone");
+    assert_eq!(
+        client.get(key, None).await.unwrap().kvs().len(),
+        1,
+        "the lease's key is gone"
+    );
     session.close().await.unwrap();
 }

@@ -1,4 +1,5 @@
 //! Session behaviour against a real etcd (one shared server for this binary).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests: failing loudly is the point
 
 mod common;
 
@@ -12,7 +13,11 @@ async fn put_with_lease(session: &Session, name: &str) -> (String, i64) {
     let client = session.client();
     let key = client.key(name);
     let resp = client
-        .put(key.clone(), "v", Some(PutOptions::new().with_lease(session.lease_id().get())))
+        .put(
+            key.clone(),
+            "v",
+            Some(PutOptions::new().with_lease(session.lease_id().get())),
+        )
         .await
         .unwrap();
     (key, resp.header().unwrap().revision())
@@ -21,7 +26,9 @@ async fn put_with_lease(session: &Session, name: &str) -> (String, i64) {
 #[tokio::test]
 async fn session_stays_alive_for_three_ttls() {
     let client = shared_client("stays_alive").await;
-    let session = Session::new(client.clone(), Duration::from_secs(2)).await.unwrap();
+    let session = Session::new(client.clone(), Duration::from_secs(2))
+        .await
+        .unwrap();
     let (key, _) = put_with_lease(&session, "k").await;
     let mut state = session.subscribe();
 
@@ -30,7 +37,10 @@ async fn session_stays_alive_for_three_ttls() {
     assert!(changed.is_err(), "state changed: {:?}", session.state());
     assert_eq!(session.state(), SessionState::Alive);
 
-    let ttl = client.lease_time_to_live(session.lease_id(), false).await.unwrap();
+    let ttl = client
+        .lease_time_to_live(session.lease_id(), false)
+        .await
+        .unwrap();
     assert!(ttl.ttl() > 0, "server no longer holds the lease");
     assert_eq!(client.get(key, None).await.unwrap().kvs().len(), 1);
     session.close().await.unwrap();
@@ -48,7 +58,12 @@ async fn ttl_below_the_server_minimum_is_reported_as_granted() {
 #[tokio::test]
 async fn exact_ttl_refuses_a_raised_ttl() {
     let client = shared_client("ttl_exact").await;
-    let err = Session::builder(client).ttl(Duration::from_secs(1)).require_exact_ttl(true).start().await.unwrap_err();
+    let err = Session::builder(client)
+        .ttl(Duration::from_secs(1))
+        .require_exact_ttl(true)
+        .start()
+        .await
+        .unwrap_err();
     match err {
         Error::TtlNotGranted { requested, granted } => {
             assert_eq!(requested, Duration::from_secs(1));
@@ -61,31 +76,47 @@ async fn exact_ttl_refuses_a_raised_ttl() {
 #[tokio::test]
 async fn zero_ttl_is_rejected_without_contacting_etcd() {
     // Nothing listens on port 1: any request would fail with a transport error instead.
-    let client = ClientConfig::new(["http://127.0.0.1:1"]).connect().await.unwrap();
+    let client = ClientConfig::new(["http://127.0.0.1:1"])
+        .connect()
+        .await
+        .unwrap();
     let err = Session::new(client, Duration::ZERO).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidConfig { field: "ttl", .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::InvalidConfig { field: "ttl", .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn close_revokes_the_lease_and_its_keys_at_once() {
     let client = shared_client("close").await;
-    let session = Session::new(client.clone(), Duration::from_secs(30)).await.unwrap();
+    let session = Session::new(client.clone(), Duration::from_secs(30))
+        .await
+        .unwrap();
     let token = session.cancellation_token();
     let observer = session.clone();
     let (key, _) = put_with_lease(&session, "k").await;
 
     session.close().await.unwrap();
 
-    assert!(client.get(key, None).await.unwrap().kvs().is_empty(), "key survived close");
+    assert!(
+        client.get(key, None).await.unwrap().kvs().is_empty(),
+        "key survived close"
+    );
     assert_eq!(observer.state(), SessionState::Closed);
     assert!(token.is_cancelled());
-    assert!(matches!(observer.check_alive(), Err(Error::SessionClosed { .. })));
+    assert!(matches!(
+        observer.check_alive(),
+        Err(Error::SessionClosed { .. })
+    ));
 }
 
 #[tokio::test]
 async fn dropping_the_last_handle_revokes_in_the_background() {
     let client = shared_client("drop").await;
-    let session = Session::new(client.clone(), Duration::from_secs(30)).await.unwrap();
+    let session = Session::new(client.clone(), Duration::from_secs(30))
+        .await
+        .unwrap();
     let (key, rev) = put_with_lease(&session, "k").await;
     drop(session);
     // Far below the 30 s TTL: only a revoke can delete the key this fast.
@@ -95,7 +126,9 @@ async fn dropping_the_last_handle_revokes_in_the_background() {
 #[tokio::test]
 async fn a_revoked_lease_is_reported_as_expired() {
     let client = shared_client("revoked").await;
-    let session = Session::new(client.clone(), Duration::from_secs(3)).await.unwrap();
+    let session = Session::new(client.clone(), Duration::from_secs(3))
+        .await
+        .unwrap();
     client.lease_revoke(session.lease_id()).await.unwrap();
 
     let mut state = session.subscribe();
@@ -105,7 +138,10 @@ async fn a_revoked_lease_is_reported_as_expired() {
         .map(|s| *s)
         .unwrap();
     assert_eq!(end, SessionState::Lost(LossReason::Expired));
-    assert!(matches!(session.check_alive(), Err(Error::SessionLost { .. })));
+    assert!(matches!(
+        session.check_alive(),
+        Err(Error::SessionLost { .. })
+    ));
     // Closing a session whose lease is gone succeeds.
     session.close().await.unwrap();
 }
@@ -113,18 +149,32 @@ async fn a_revoked_lease_is_reported_as_expired() {
 #[tokio::test]
 async fn detach_hands_the_lease_over_to_a_resumed_session() {
     let client = shared_client("detach").await;
-    let session = Session::new(client.clone(), Duration::from_secs(5)).await.unwrap();
+    let session = Session::new(client.clone(), Duration::from_secs(5))
+        .await
+        .unwrap();
     let (key, _) = put_with_lease(&session, "k").await;
 
     let lease = session.detach().await;
-    assert_eq!(client.get(key.clone(), None).await.unwrap().kvs().len(), 1, "detach must not revoke");
+    assert_eq!(
+        client.get(key.clone(), None).await.unwrap().kvs().len(),
+        1,
+        "detach must not revoke"
+    );
 
-    let resumed = Session::builder(client.clone()).resume(lease).start().await.unwrap();
+    let resumed = Session::builder(client.clone())
+        .resume(lease)
+        .start()
+        .await
+        .unwrap();
     assert_eq!(resumed.lease_id(), lease);
     assert_eq!(resumed.ttl(), Duration::from_secs(5));
     // Kept alive by the new owner past the original TTL.
     let mut state = resumed.subscribe();
-    assert!(tokio::time::timeout(Duration::from_secs(7), state.changed()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(7), state.changed())
+            .await
+            .is_err()
+    );
     assert_eq!(client.get(key.clone(), None).await.unwrap().kvs().len(), 1);
 
     resumed.close().await.unwrap();
@@ -134,9 +184,18 @@ async fn detach_hands_the_lease_over_to_a_resumed_session() {
 #[tokio::test]
 async fn resuming_a_lease_that_is_gone_fails_with_session_lost() {
     let client = shared_client("resume_gone").await;
-    let session = Session::new(client.clone(), Duration::from_secs(5)).await.unwrap();
+    let session = Session::new(client.clone(), Duration::from_secs(5))
+        .await
+        .unwrap();
     let lease = session.lease_id();
     session.close().await.unwrap();
-    let err = Session::builder(client).resume(lease).start().await.unwrap_err();
-    assert!(matches!(err, Error::SessionLost { lease_id } if lease_id == lease), "{err:?}");
+    let err = Session::builder(client)
+        .resume(lease)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::SessionLost { lease_id } if lease_id == lease),
+        "{err:?}"
+    );
 }

@@ -1,4 +1,5 @@
 //! TLS: a server with a freshly generated CA (a server of its own).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests: failing loudly is the point
 
 use coord_core::{ClientConfig, Error, TlsConfig};
 use coord_testkit::{Etcd, TestCerts};
@@ -14,7 +15,10 @@ async fn tls_works_with_the_right_ca_and_fails_clearly_with_a_wrong_one() {
         .await
         .unwrap();
     good.put("tls-key", "v", None).await.unwrap();
-    assert_eq!(good.get("tls-key", None).await.unwrap().kvs()[0].value(), b"v");
+    assert_eq!(
+        good.get("tls-key", None).await.unwrap().kvs()[0].value(),
+        b"v"
+    );
 
     let other_ca = TestCerts::generate().unwrap();
     let bad = ClientConfig::new(etcd.endpoints())
@@ -26,12 +30,20 @@ async fn tls_works_with_the_right_ca_and_fails_clearly_with_a_wrong_one() {
     assert!(matches!(err, Error::Tls { .. }), "{err:?}");
     assert!(!err.is_retryable());
     let chain = error_chain(&err);
-    assert!(chain.to_lowercase().contains("certificate"), "the error should name the certificate problem: {chain}");
+    assert!(
+        chain.to_lowercase().contains("certificate"),
+        "the error should name the certificate problem: {chain}"
+    );
 }
 
 #[tokio::test]
 async fn mutual_tls_requires_the_client_certificate() {
-    let etcd = Etcd::builder().tls(true).client_cert_auth(true).start().await.unwrap();
+    let etcd = Etcd::builder()
+        .tls(true)
+        .client_cert_auth(true)
+        .start()
+        .await
+        .unwrap();
     let certs = etcd.certs().unwrap();
 
     let with_identity = ClientConfig::new(etcd.endpoints())
@@ -52,7 +64,11 @@ async fn mutual_tls_requires_the_client_certificate() {
         .unwrap();
     let err = without.get("mtls-key", None).await.unwrap_err();
     assert!(matches!(err, Error::Tls { .. }), "{err:?}");
-    assert!(error_chain(&err).contains("CertificateRequired"), "{}", error_chain(&err));
+    assert!(
+        error_chain(&err).contains("CertificateRequired"),
+        "{}",
+        error_chain(&err)
+    );
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

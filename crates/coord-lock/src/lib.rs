@@ -1,11 +1,46 @@
 //! # coord-lock — distributed locks over etcd
 //!
-//! This crate will hold a `Mutex` wire-compatible with etcd's Go `concurrency.Mutex` (and so with
-//! `etcdctl lock` and the server's Lock RPC) and a counting `Semaphore` with session-bound and durable
-//! holders, each with fencing tokens. The key layout they use is described in `docs/wire-format.md`.
+//! - [`Mutex`]: mutual exclusion, wire-compatible with etcd's Go `concurrency.Mutex` (and so with
+//!   `etcdctl lock` and the etcd server's Lock RPC): FIFO, one watch per waiter on its predecessor,
+//!   fencing tokens, cancel-safe waits, waits that abort when their own session is lost.
 //!
-//! Nothing is implemented yet; it stands on [`coord_core`] (sessions, fencing, errors), which is usable
-//! today.
+//! A counting `Semaphore` with session-bound and durable holders follows.
+//!
+//! ## Safety: fence your writes
+//!
+//! A lock in a distributed system is a lease: a process that pauses (GC, swap, a stopped VM) can
+//! wake up after its session expired and another process took the lock. The guard's
+//! [`lost`](MutexGuard::lost) future and the session's state are early warnings; the guarantee is
+//! to make writes conditional on ownership in the same etcd transaction, with
+//! [`MutexGuard::owns`]:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use coord_core::{ClientConfig, Session};
+//! use coord_core::etcd_client::{Txn, TxnOp};
+//! use coord_lock::Mutex;
+//! use std::time::Duration;
+//!
+//! let client = ClientConfig::new(["http://127.0.0.1:2379"]).connect().await?;
+//! let session = Session::new(client.clone(), Duration::from_secs(10)).await?;
+//! let guard = Mutex::new(&session, "reports")?.lock().await?;
+//!
+//! let write = Txn::new().when([guard.owns()]).and_then([TxnOp::put("reports/latest", "…", None)]);
+//! if !client.txn(write).await?.succeeded() {
+//!     eprintln!("lost the lock before writing; nothing was written");
+//! }
+//! guard.unlock().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The key layout is described in `docs/wire-format.md`.
 #![forbid(unsafe_code)]
 
+mod error;
+mod local;
+mod mutex;
+mod queue;
+
 pub use coord_core;
+pub use error::{Error, Result};
+pub use mutex::{Holder, Mutex, MutexGuard};

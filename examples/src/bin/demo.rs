@@ -23,7 +23,9 @@ async fn main() -> anyhow::Result<()> {
         Some(endpoints) => (None, endpoints),
         None => {
             println!("starting an embedded etcd…");
-            let etcd = coord_testkit::Etcd::start().await.context("starting the embedded etcd")?;
+            let etcd = coord_testkit::Etcd::start()
+                .await
+                .context("starting the embedded etcd")?;
             let endpoints = etcd.endpoints();
             (Some(etcd), endpoints)
         }
@@ -45,7 +47,10 @@ async fn main() -> anyhow::Result<()> {
 async fn sessions(client: &Client) -> anyhow::Result<()> {
     println!("\n== sessions ==");
     let session = Session::new(client.clone(), Duration::from_secs(1)).await?;
-    println!("asked for a 1 s TTL, etcd granted {:?} (its minimum)", session.ttl());
+    println!(
+        "asked for a 1 s TTL, etcd granted {:?} (its minimum)",
+        session.ttl()
+    );
     println!(
         "lease {} is kept alive every {:?}; loss is declared {:?} before the server could expire it",
         session.lease_id(),
@@ -68,28 +73,55 @@ async fn lock_and_fencing(client: &Client) -> anyhow::Result<()> {
     let name = client.key("locks/report");
 
     let mut locks = client.etcd().lock_client();
-    let held = locks.lock(name.clone(), Some(LockOptions::new().with_lease(alice.lease_id().get()))).await?;
+    let held = locks
+        .lock(
+            name.clone(),
+            Some(LockOptions::new().with_lease(alice.lease_id().get())),
+        )
+        .await?;
     let alice_key = String::from_utf8_lossy(held.key()).into_owned();
     let alice_owns = ownership(client, &alice_key).await?;
-    println!("alice holds {alice_key} (fencing token {})", alice_owns.token());
+    println!(
+        "alice holds {alice_key} (fencing token {})",
+        alice_owns.token()
+    );
 
     let mut bob_locks = client.etcd().lock_client();
     let bob_lease = bob.lease_id().get();
     let bob_wait = tokio::spawn(async move {
         let started = Instant::now();
-        let resp = bob_locks.lock(name, Some(LockOptions::new().with_lease(bob_lease))).await;
-        resp.map(|r| (String::from_utf8_lossy(r.key()).into_owned(), started.elapsed()))
+        let resp = bob_locks
+            .lock(name, Some(LockOptions::new().with_lease(bob_lease)))
+            .await;
+        resp.map(|r| {
+            (
+                String::from_utf8_lossy(r.key()).into_owned(),
+                started.elapsed(),
+            )
+        })
     });
 
-    println!("alice writes, guarded by her ownership: applied = {}", fenced_write(client, &alice_owns, "alice").await?);
+    println!(
+        "alice writes, guarded by her ownership: applied = {}",
+        fenced_write(client, &alice_owns, "alice").await?
+    );
     println!("alice's session ends (think: a long GC pause past the TTL)…");
     alice.close().await?;
 
     let (bob_key, waited) = bob_wait.await??;
     let bob_owns = ownership(client, &bob_key).await?;
-    println!("bob got the lock after {waited:?}: {bob_key} (token {})", bob_owns.token());
-    println!("alice wakes up and writes: applied = {}", fenced_write(client, &alice_owns, "alice").await?);
-    println!("bob writes: applied = {}", fenced_write(client, &bob_owns, "bob").await?);
+    println!(
+        "bob got the lock after {waited:?}: {bob_key} (token {})",
+        bob_owns.token()
+    );
+    println!(
+        "alice wakes up and writes: applied = {}",
+        fenced_write(client, &alice_owns, "alice").await?
+    );
+    println!(
+        "bob writes: applied = {}",
+        fenced_write(client, &bob_owns, "bob").await?
+    );
     bob.close().await?;
     Ok(())
 }
@@ -101,22 +133,32 @@ async fn election(client: &Client) -> anyhow::Result<()> {
     let second = Session::new(client.clone(), Duration::from_secs(5)).await?;
 
     let mut elections = client.etcd().election_client();
-    let won = elections.campaign(name.clone(), "node-a", first.lease_id().get()).await?;
+    let won = elections
+        .campaign(name.clone(), "node-a", first.lease_id().get())
+        .await?;
     let leader_key = won.leader().map(|l| l.key().to_vec()).unwrap_or_default();
     println!("node-a is leader: {}", String::from_utf8_lossy(&leader_key));
 
     let mut standby = client.etcd().election_client();
     let lease = second.lease_id().get();
     let campaign_name = name.clone();
-    let waiting = tokio::spawn(async move { standby.campaign(campaign_name, "node-b", lease).await });
+    let waiting =
+        tokio::spawn(async move { standby.campaign(campaign_name, "node-b", lease).await });
 
-    let resign = coord_core::etcd_client::ResignOptions::new().with_leader(won.leader().cloned().unwrap_or_default());
+    let resign = coord_core::etcd_client::ResignOptions::new()
+        .with_leader(won.leader().cloned().unwrap_or_default());
     let started = Instant::now();
     elections.resign(Some(resign)).await?;
     waiting.await??;
     let leader = elections.leader(name).await?;
-    let value = leader.kv().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()).unwrap_or_default();
-    println!("node-a resigned; {value} took over {:?} later", started.elapsed());
+    let value = leader
+        .kv()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+        .unwrap_or_default();
+    println!(
+        "node-a resigned; {value} took over {:?} later",
+        started.elapsed()
+    );
     first.close().await?;
     second.close().await?;
     Ok(())
@@ -129,6 +171,10 @@ async fn ownership(client: &Client, key: &str) -> anyhow::Result<Ownership> {
 }
 
 async fn fenced_write(client: &Client, owner: &Ownership, who: &str) -> anyhow::Result<bool> {
-    let txn = Txn::new().when([owner.compare()]).and_then([TxnOp::put(client.key("report/last-writer"), who, None)]);
+    let txn = Txn::new().when([owner.compare()]).and_then([TxnOp::put(
+        client.key("report/last-writer"),
+        who,
+        None,
+    )]);
     Ok(client.txn(txn).await?.succeeded())
 }

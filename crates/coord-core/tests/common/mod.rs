@@ -1,5 +1,11 @@
 //! Shared set-up of coord-core's integration tests.
-#![allow(dead_code, unreachable_pub)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::time::Duration;
 
@@ -27,16 +33,25 @@ pub async fn client_of(etcd: &Etcd, label: &str) -> Client {
 pub async fn wait_deleted(client: &Client, key: &str, after_revision: i64, within: Duration) {
     let mut watch = client.etcd().watch_client();
     let mut stream = watch
-        .watch(key, Some(WatchOptions::new().with_start_revision(after_revision + 1)))
+        .watch(
+            key,
+            Some(WatchOptions::new().with_start_revision(after_revision + 1)),
+        )
         .await
         .expect("watch");
     let deleted = async {
         while let Some(resp) = stream.message().await.expect("watch stream") {
-            if resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
+            if resp
+                .events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+            {
                 return;
             }
         }
         panic!("watch ended before the delete");
     };
-    tokio::time::timeout(within, deleted).await.expect("key was not deleted in time");
+    tokio::time::timeout(within, deleted)
+        .await
+        .expect("key was not deleted in time");
 }

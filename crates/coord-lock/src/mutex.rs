@@ -1,0 +1,430 @@
+//! A distributed mutex, wire-compatible with etcd's Go `concurrency.Mutex`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coord_core::etcd_client::Compare;
+use coord_core::keys::{lease_key, queue_prefix, validate_name};
+use coord_core::watch::wait_deleted;
+use coord_core::{Error as CoreError, FencingToken, Ownership, Session};
+use tokio::sync::OwnedMutexGuard;
+
+use crate::queue::{self, Enqueued, Pending, first_by_create, last_created_before, read_retry};
+use crate::{Error, Result, local};
+
+/// A mutual-exclusion lock held in etcd, bound to a [`Session`].
+///
+/// The key layout and protocol are those of etcd's Go `concurrency.Mutex`, so a coord holder and a
+/// Go holder — the etcd server's Lock RPC, `etcdctl lock` — on the same name exclude each other. The
+/// lock is FIFO: waiters are served in the order they queued (by create revision), and each waiter
+/// watches only its predecessor, so a release wakes exactly one waiter.
+///
+/// Two holders **on the same session** and the same name would share one etcd key; coord serialises
+/// them inside the process (the second waits until the first releases), where Go would let both in.
+/// Holders on different sessions queue in etcd as usual.
+///
+/// The guard's [`MutexGuard::owns`] compare is the safety guarantee; see the crate docs.
+///
+/// ```no_run
+/// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
+/// use coord_lock::Mutex;
+///
+/// let mutex = Mutex::new(&session, "jobs/nightly")?;
+/// let guard = mutex.lock().await?;
+/// println!("holding {} with fencing token {}", guard.key(), guard.token());
+/// guard.unlock().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Mutex {
+    session: Session,
+    prefix: String,
+    key: String,
+    local: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl fmt::Debug for Mutex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mutex")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The current holder of a lock, as seen by [`Mutex::holder`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Holder {
+    /// The holder's key.
+    pub key: String,
+    /// Its fencing token (create revision).
+    pub token: FencingToken,
+    /// The lease the key is bound to (0 for none).
+    pub lease: i64,
+}
+
+impl Mutex {
+    /// A mutex named `name` (under the client's namespace) for holders of `session`.
+    ///
+    /// Nothing is sent to etcd until the lock is taken.
+    ///
+    /// # Errors
+    ///
+    /// [`coord_core::Error::InvalidName`] for an empty name, a NUL byte, a trailing `/` or an over-long
+    /// name.
+    pub fn new(session: &Session, name: &str) -> Result<Mutex> {
+        let namespace = session.client().namespace();
+        validate_name(namespace, name)?;
+        let key = lease_key(namespace, name, session.lease_id());
+        Ok(Mutex {
+            session: session.clone(),
+            prefix: queue_prefix(namespace, name),
+            local: local::slot(&key),
+            key,
+        })
+    }
+
+    /// The key this session's holder writes: `namespace + name + "/" + lease hex`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The queue prefix: `namespace + name + "/"`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Waits until the lock is held.
+    ///
+    /// # Errors
+    ///
+    /// - [`coord_core::Error::SessionLost`] / `SessionClosed` when the session ends before or while
+    ///   waiting (checked continuously, not only when the predecessor leaves);
+    /// - transport errors that outlast the client's retries.
+    ///
+    /// Compaction and reconnects during the wait are handled by re-reading the queue.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped, the waiter's key is removed from etcd in the background
+    /// (also when the acquire request was still in flight).
+    pub async fn lock(&self) -> Result<MutexGuard> {
+        self.session.check_alive()?;
+        let local = self.local.clone().lock_owned().await;
+        self.acquire(local, true).await
+    }
+
+    /// Like [`lock`](Self::lock), giving up after `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TimedOut`] when the timeout expires (the waiter's key is then removed); otherwise as
+    /// [`lock`](Self::lock).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`lock`](Self::lock).
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
+        match tokio::time::timeout(timeout, self.lock()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::TimedOut {
+                name: self.prefix.clone(),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Takes the lock if it is free, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldBlock`] when another holder has it (or another holder of this process on the
+    /// same session); otherwise as [`lock`](Self::lock).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`lock`](Self::lock).
+    pub async fn try_lock(&self) -> Result<MutexGuard> {
+        self.session.check_alive()?;
+        let local = self
+            .local
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| Error::WouldBlock {
+                name: self.prefix.clone(),
+            })?;
+        self.acquire(local, false).await
+    }
+
+    /// The current holder, if any (the key with the lowest create revision under the prefix).
+    ///
+    /// # Errors
+    ///
+    /// Transport errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (a read).
+    pub async fn holder(&self) -> Result<Option<Holder>> {
+        let resp = self
+            .session
+            .client()
+            .get(self.prefix.clone(), Some(first_by_create()))
+            .await?;
+        Ok(resp.kvs().first().map(|kv| Holder {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            token: FencingToken::new(kv.create_revision()),
+            lease: kv.lease(),
+        }))
+    }
+
+    async fn acquire(&self, local: OwnedMutexGuard<()>, wait: bool) -> Result<MutexGuard> {
+        let client = self.session.client();
+        let mut cleanup = Cleanup {
+            session: &self.session,
+            pending: Some(Pending::InFlight {
+                key: self.key.clone(),
+                task: queue::enqueue(client, &self.key, &self.prefix, self.session.lease_id()),
+            }),
+            local: Some(local),
+        };
+        let enqueued: Enqueued = match &mut cleanup.pending {
+            Some(Pending::InFlight { task, .. }) => task.await.map_err(|_| Error::Aborted)??,
+            _ => return Err(Error::Aborted),
+        };
+        let ownership = Ownership::new(self.key.clone(), enqueued.revision);
+        cleanup.pending = Some(Pending::Known(ownership.clone()));
+
+        if enqueued.first != Some(enqueued.revision) {
+            if !wait {
+                if enqueued.created {
+                    // Our fresh key must not stay in the queue; release it now (or in the background
+                    // via the cleanup if this fails).
+                    if queue::release(client, &ownership).await.is_ok() {
+                        cleanup.pending = None;
+                    }
+                } else {
+                    // A key this session already had (e.g. a Go caller on the same lease): not ours
+                    // to remove.
+                    cleanup.pending = None;
+                }
+                return Err(Error::WouldBlock {
+                    name: self.prefix.clone(),
+                });
+            }
+            self.wait_turn(enqueued.revision).await?;
+            // The predecessor is gone; make sure our own key still is there (it vanishes with an
+            // expired session, or when an operator deleted it).
+            let mine = client.get(self.key.clone(), None).await?;
+            let still_ours = mine
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.create_revision() == enqueued.revision);
+            if !still_ours || !self.session.is_alive() {
+                cleanup.pending = None;
+                return Err(session_gone(&self.session));
+            }
+        }
+        let local = cleanup.local.take();
+        cleanup.pending = None;
+        Ok(MutexGuard {
+            session: self.session.clone(),
+            ownership,
+            local,
+            released: false,
+        })
+    }
+
+    /// Waits until no key created before `revision` remains: each round watches the newest older key
+    /// (the predecessor) until it is deleted, then re-reads. Predecessor watch: docs/wire-format.md.
+    async fn wait_turn(&self, revision: i64) -> Result<()> {
+        let client = self.session.client();
+        let retry = read_retry();
+        loop {
+            let read = tokio::select! {
+                biased;
+                _ = self.session.ended() => return Err(session_gone(&self.session)),
+                read = retry.retry(|| client.get(self.prefix.clone(), Some(last_created_before(revision)))) => read?,
+            };
+            let Some(predecessor) = read.kvs().first() else {
+                return Ok(());
+            };
+            // Watch from the revision after the read: a watch at the current revision is served by
+            // etcd's slow "unsynced" loop (docs/architecture.md).
+            let from = read.header().map_or(0, |h| h.revision()) + 1;
+            let predecessor = predecessor.key().to_vec();
+            tokio::select! {
+                biased;
+                _ = self.session.ended() => return Err(session_gone(&self.session)),
+                deleted = wait_deleted(client, predecessor, from) => match deleted {
+                    Ok(_) | Err(CoreError::Compacted { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                },
+            }
+        }
+    }
+}
+
+fn session_gone(session: &Session) -> Error {
+    match session.check_alive() {
+        Err(e) => e.into(),
+        Ok(()) => CoreError::SessionLost {
+            lease_id: session.lease_id(),
+        }
+        .into(),
+    }
+}
+
+/// Releases a queued key if the acquisition does not complete (error or cancellation).
+struct Cleanup<'a> {
+    session: &'a Session,
+    pending: Option<Pending>,
+    local: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            queue::release_in_background(self.session, pending, self.local.take());
+        }
+    }
+}
+
+/// Proof of holding a [`Mutex`]. Dropping it releases the lock in the background; prefer
+/// [`unlock`](Self::unlock), which reports errors.
+///
+/// Guard writes that must not happen after losing the lock with [`owns`](Self::owns) in the same
+/// transaction:
+///
+/// ```no_run
+/// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
+/// use coord_core::etcd_client::{Txn, TxnOp};
+///
+/// let guard = coord_lock::Mutex::new(&session, "counter-lock")?.lock().await?;
+/// let txn = Txn::new().when([guard.owns()]).and_then([TxnOp::put("counter", "42", None)]);
+/// let applied = session.client().txn(txn).await?.succeeded();
+/// # let _ = applied; Ok(()) }
+/// ```
+#[must_use = "dropping the guard releases the lock at once"]
+pub struct MutexGuard {
+    session: Session,
+    ownership: Ownership,
+    local: Option<OwnedMutexGuard<()>>,
+    released: bool,
+}
+
+impl fmt::Debug for MutexGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MutexGuard")
+            .field("key", &self.key())
+            .field("token", &self.ownership.token())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MutexGuard {
+    /// The holder's key.
+    pub fn key(&self) -> &str {
+        self.ownership.key_str().unwrap_or_default()
+    }
+
+    /// The fencing token: the key's create revision, larger for every later holder.
+    pub fn token(&self) -> FencingToken {
+        self.ownership.token()
+    }
+
+    /// `create_revision(key) == token`: put it in the `when` of any transaction that must only
+    /// apply while this guard still holds the lock.
+    pub fn owns(&self) -> Compare {
+        self.ownership.compare()
+    }
+
+    /// The ownership proof (key and token).
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
+    }
+
+    /// The session the lock is bound to.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Resolves when the lock is lost: the session ended, or the key was deleted (by an operator,
+    /// or with the lease). An early warning only — a paused process learns of it late; fence writes
+    /// with [`owns`](Self::owns).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn lost(&self) {
+        let client = self.session.client();
+        let key = self.ownership.key().to_vec();
+        let token = self.ownership.token().revision();
+        let key_deleted = async {
+            let mut from = token + 1;
+            loop {
+                match wait_deleted(client, key.clone(), from).await {
+                    Ok(_) => return,
+                    Err(CoreError::Compacted { .. }) => {
+                        // Re-read: is the key still ours?
+                        match client.get(key.clone(), None).await {
+                            Ok(read)
+                                if read
+                                    .kvs()
+                                    .first()
+                                    .is_some_and(|kv| kv.create_revision() == token) =>
+                            {
+                                from = read.header().map_or(from, |h| h.revision() + 1);
+                            }
+                            Ok(_) => return,
+                            Err(_) => std::future::pending::<()>().await,
+                        }
+                    }
+                    // Cannot watch (permissions…): rely on the session signal alone.
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        tokio::select! {
+            _ = self.session.ended() => {}
+            () = key_deleted => {}
+        }
+    }
+
+    /// Releases the lock: deletes the key, but only if it is still this holder's (a stale unlock
+    /// never deletes a newer key of the same session — Go's bug #22082).
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::NotHeld`] when the key was already gone or replaced: the lock had been lost;
+    /// - transport errors; the release is then retried in the background.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if dropped, the release continues in the background.
+    pub async fn unlock(mut self) -> Result<()> {
+        let deleted = queue::release(self.session.client(), &self.ownership).await?;
+        self.released = true;
+        self.local.take();
+        if deleted {
+            Ok(())
+        } else {
+            Err(Error::NotHeld {
+                key: self.key().to_owned(),
+            })
+        }
+    }
+}
+
+impl Drop for MutexGuard {
+    fn drop(&mut self) {
+        if !self.released {
+            queue::release_in_background(
+                &self.session,
+                Pending::Known(self.ownership.clone()),
+                self.local.take(),
+            );
+        }
+    }
+}

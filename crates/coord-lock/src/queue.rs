@@ -1,0 +1,159 @@
+//! The key queue shared by the Mutex and the Semaphore: holders and waiters are keys under
+//! `ns + name + "/"`, ordered by create revision (docs/wire-format.md).
+
+use std::time::Duration;
+
+use coord_core::etcd_client::{
+    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+};
+use coord_core::{Client, LeaseId, Ownership, RetryPolicy, Session};
+use tokio::sync::OwnedMutexGuard;
+use tokio::task::JoinHandle;
+
+use crate::Result;
+
+/// `Range(prefix)` sorted by create revision, ascending, limit 1: the first in the queue.
+pub(crate) fn first_by_create() -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1)
+}
+
+/// The newest key created before `revision`: a waiter's predecessor (Go's `waitDeletes` range).
+pub(crate) fn last_created_before(revision: i64) -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Descend)
+        .with_max_create_revision(revision - 1)
+        .with_limit(1)
+}
+
+/// The outcome of putting a key into the queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Enqueued {
+    /// The key's create revision (a fresh put's revision, or the existing key's).
+    pub(crate) revision: i64,
+    /// Whether this call created the key (false: the session already had a key there, which is
+    /// reused with its queue place, as Go does).
+    pub(crate) created: bool,
+    /// The create revision of the first key in the queue.
+    pub(crate) first: Option<i64>,
+}
+
+/// Go's `tryAcquire` transaction: create the key if absent, and read the queue head, in one request.
+///
+/// The request runs in its own task: if the caller is cancelled while it is in flight, the
+/// returned handle still yields the outcome, so the key can be removed exactly.
+pub(crate) fn enqueue(
+    client: &Client,
+    key: &str,
+    prefix: &str,
+    lease: LeaseId,
+) -> JoinHandle<Result<Enqueued>> {
+    let (client, key, prefix) = (client.clone(), key.to_owned(), prefix.to_owned());
+    tokio::spawn(async move {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(
+                    key.clone(),
+                    "",
+                    Some(PutOptions::new().with_lease(lease.get())),
+                ),
+                TxnOp::get(prefix.clone(), Some(first_by_create())),
+            ])
+            .or_else([
+                TxnOp::get(key.clone(), None),
+                TxnOp::get(prefix, Some(first_by_create())),
+            ]);
+        let resp = client.txn(txn).await?;
+        let header_revision = resp.header().map_or(0, |h| h.revision());
+        let responses = resp.op_responses();
+        let first = match responses.get(1) {
+            Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.create_revision()),
+            _ => None,
+        };
+        let revision = if resp.succeeded() {
+            header_revision
+        } else {
+            match responses.first() {
+                Some(TxnOpResponse::Get(get)) => {
+                    get.kvs().first().map_or(0, |kv| kv.create_revision())
+                }
+                _ => 0,
+            }
+        };
+        Ok(Enqueued {
+            revision,
+            created: resp.succeeded(),
+            first,
+        })
+    })
+}
+
+/// Deletes the key only if it is still the one created at `ownership`'s revision, so a stale
+/// release never deletes a newer key of the same session (Go's bug #22082). Returns whether it
+/// deleted.
+pub(crate) async fn release(client: &Client, ownership: &Ownership) -> coord_core::Result<bool> {
+    let txn = Txn::new()
+        .when([ownership.compare()])
+        .and_then([TxnOp::delete(ownership.key().to_vec(), None)]);
+    Ok(client.txn(txn).await?.succeeded())
+}
+
+/// Releases in a background task (used from `Drop` and from cancelled acquisitions), retrying
+/// transient failures while the session lives; keeps `local` (the process-local exclusion) until
+/// the key is gone so that no other local holder can reuse it meanwhile. Without a runtime the key
+/// stays until the session ends.
+pub(crate) fn release_in_background(
+    session: &Session,
+    pending: Pending,
+    local: Option<OwnedMutexGuard<()>>,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!("no Tokio runtime to release a lock key; it stays until the session ends");
+        return;
+    };
+    let session = session.clone();
+    runtime.spawn(async move {
+        let ownership = match pending {
+            Pending::Known(ownership) => ownership,
+            Pending::InFlight { key, task } => match task.await {
+                Ok(Ok(enqueued)) if enqueued.revision > 0 => Ownership::new(key, enqueued.revision),
+                // Never applied: nothing to remove.
+                _ => return drop(local),
+            },
+        };
+        let policy = RetryPolicy::new().with_max_elapsed(Some(session.ttl()));
+        let attempt = policy.retry(|| release(session.client(), &ownership));
+        tokio::select! {
+            result = attempt => {
+                if let Err(error) = result {
+                    tracing::warn!(key = ?ownership.key_str(), %error, "background release failed; the key stays until the session ends");
+                }
+            }
+            _ = session.ended() => {}
+        }
+        drop(local);
+    });
+}
+
+/// A queue key whose release is still owed.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// The acquire transaction was sent but its outcome is not known yet.
+    InFlight {
+        key: String,
+        task: JoinHandle<Result<Enqueued>>,
+    },
+    /// The key exists (or existed) with this create revision.
+    Known(Ownership),
+}
+
+/// How long to wait between attempts to read the queue after a transient failure.
+pub(crate) fn read_retry() -> RetryPolicy {
+    RetryPolicy::new()
+        .with_max_delay(Duration::from_secs(1))
+        .with_max_elapsed(None)
+}
