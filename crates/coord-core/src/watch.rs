@@ -1,6 +1,8 @@
 //! Watching keys in a way that survives disconnects.
 //!
-//! For now this holds the one wait every queue-based primitive needs: "until this key is deleted".
+//! For now this holds the waits queue-based primitives need: until a key is deleted
+//! ([`wait_deleted`]), changed ([`wait_changed`]), or any key under a prefix is deleted
+//! ([`wait_prefix_deleted`]).
 //! The resumable prefix watch engine and its cache will grow here.
 //!
 //! # Recovery
@@ -47,25 +49,58 @@ use crate::{Client, Error, Result, RetryPolicy};
 /// }
 /// # Ok(()) }
 /// ```
-pub async fn wait_deleted(
-    client: &Client,
-    key: impl Into<Vec<u8>>,
-    start_revision: i64,
-) -> Result<i64> {
-    let key = key.into();
+pub async fn wait_deleted(client: &Client, key: impl Into<Vec<u8>>, start_revision: i64) -> Result<i64> {
+    first_event(client, Target { key: key.into(), range_end: None, deletes_only: true }, start_revision).await
+}
+
+/// Waits until `key` is written or deleted at or after `start_revision`, and returns the revision
+/// of that change. Same start-revision rule, errors and recovery as [`wait_deleted`].
+///
+/// # Errors
+///
+/// As [`wait_deleted`].
+///
+/// # Cancel safety
+///
+/// Cancel safe.
+pub async fn wait_changed(client: &Client, key: impl Into<Vec<u8>>, start_revision: i64) -> Result<i64> {
+    first_event(client, Target { key: key.into(), range_end: None, deletes_only: false }, start_revision).await
+}
+
+/// Waits until any key under `prefix` is deleted at or after `start_revision`, and returns the
+/// revision of that delete. Same start-revision rule, errors and recovery as [`wait_deleted`].
+///
+/// # Errors
+///
+/// As [`wait_deleted`].
+///
+/// # Cancel safety
+///
+/// Cancel safe.
+pub async fn wait_prefix_deleted(client: &Client, prefix: impl Into<Vec<u8>>, start_revision: i64) -> Result<i64> {
+    let key = prefix.into();
+    let range_end = Some(crate::keys::prefix_range_end(&key));
+    first_event(client, Target { key, range_end, deletes_only: true }, start_revision).await
+}
+
+struct Target {
+    key: Vec<u8>,
+    range_end: Option<Vec<u8>>,
+    deletes_only: bool,
+}
+
+async fn first_event(client: &Client, target: Target, start_revision: i64) -> Result<i64> {
     let mut next = start_revision;
     let mut backoff = reconnect_backoff();
     loop {
-        let options = WatchOptions::new()
-            .with_start_revision(next)
-            .with_progress_notify()
-            .with_filters([WatchFilterType::NoPut]);
-        let mut stream = match client
-            .etcd()
-            .watch_client()
-            .watch(key.clone(), Some(options))
-            .await
-        {
+        let mut options = WatchOptions::new().with_start_revision(next).with_progress_notify();
+        if target.deletes_only {
+            options = options.with_filters([WatchFilterType::NoPut]);
+        }
+        if let Some(end) = &target.range_end {
+            options = options.with_range(end.clone());
+        }
+        let mut stream = match client.etcd().watch_client().watch(target.key.clone(), Some(options)).await {
             Ok(stream) => stream,
             Err(source) => {
                 let error = Error::from_etcd("watch", source);
@@ -87,20 +122,15 @@ pub async fn wait_deleted(
                 }
             };
             if resp.compact_revision() > 0 {
-                return Err(Error::Compacted {
-                    requested: next,
-                    compact_revision: resp.compact_revision(),
-                });
+                return Err(Error::Compacted { requested: next, compact_revision: resp.compact_revision() });
             }
             if resp.canceled() {
-                return Err(Error::WatchCancelled {
-                    reason: resp.cancel_reason().to_owned(),
-                });
+                return Err(Error::WatchCancelled { reason: resp.cancel_reason().to_owned() });
             }
             backoff = reconnect_backoff();
             for event in resp.events() {
                 let revision = event.kv().map_or(next, |kv| kv.mod_revision());
-                if event.event_type() == EventType::Delete {
+                if !target.deletes_only || event.event_type() == EventType::Delete {
                     return Ok(revision);
                 }
                 next = next.max(revision + 1);

@@ -4,7 +4,10 @@
 //!   `etcdctl lock` and the etcd server's Lock RPC): FIFO, one watch per waiter on its predecessor,
 //!   fencing tokens, cancel-safe waits, waits that abort when their own session is lost.
 //!
-//! A counting `Semaphore` with session-bound and durable holders follows.
+//! - [`Semaphore`]: at most `limit` holders, FIFO, with session-bound [`Permit`]s and durable
+//!   holders by id ([`Semaphore::acquire_as`]) for slots that outlive a process (reboot slots);
+//!   the limit is fixed by the caller or stored in etcd and changeable at run time. A release wakes
+//!   one waiter, whatever the queue length (docs/design/semaphore.md).
 //!
 //! ## Safety: fence your writes
 //!
@@ -40,7 +43,9 @@ mod error;
 mod local;
 mod mutex;
 mod queue;
+mod semaphore;
 
 pub use coord_core;
 pub use error::{Error, Result};
 pub use mutex::{Holder, Mutex, MutexGuard};
+pub use semaphore::{Durability, DurableSlot, HolderInfo, Limit, MAX_LIMIT, Permit, Semaphore};

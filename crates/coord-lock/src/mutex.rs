@@ -10,7 +10,7 @@ use coord_core::watch::wait_deleted;
 use coord_core::{Error as CoreError, FencingToken, Ownership, Session};
 use tokio::sync::OwnedMutexGuard;
 
-use crate::queue::{self, Enqueued, Pending, first_by_create, last_created_before, read_retry};
+use crate::queue::{self, Cleanup, Enqueued, Pending, first_by_create, last_created_before, read_retry};
 use crate::{Error, Result, local};
 
 /// A mutual-exclusion lock held in etcd, bound to a [`Session`].
@@ -185,7 +185,7 @@ impl Mutex {
             session: &self.session,
             pending: Some(Pending::InFlight {
                 key: self.key.clone(),
-                task: queue::enqueue(client, &self.key, &self.prefix, self.session.lease_id()),
+                task: queue::enqueue(client, &self.key, &self.prefix, self.session.lease_id(), Vec::new()),
             }),
             local: Some(local),
         };
@@ -276,21 +276,6 @@ fn session_gone(session: &Session) -> Error {
     }
 }
 
-/// Releases a queued key if the acquisition does not complete (error or cancellation).
-struct Cleanup<'a> {
-    session: &'a Session,
-    pending: Option<Pending>,
-    local: Option<OwnedMutexGuard<()>>,
-}
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        if let Some(pending) = self.pending.take() {
-            queue::release_in_background(self.session, pending, self.local.take());
-        }
-    }
-}
-
 /// Proof of holding a [`Mutex`]. Dropping it releases the lock in the background; prefer
 /// [`unlock`](Self::unlock), which reports errors.
 ///
@@ -358,38 +343,7 @@ impl MutexGuard {
     ///
     /// Cancel safe.
     pub async fn lost(&self) {
-        let client = self.session.client();
-        let key = self.ownership.key().to_vec();
-        let token = self.ownership.token().revision();
-        let key_deleted = async {
-            let mut from = token + 1;
-            loop {
-                match wait_deleted(client, key.clone(), from).await {
-                    Ok(_) => return,
-                    Err(CoreError::Compacted { .. }) => {
-                        // Re-read: is the key still ours?
-                        match client.get(key.clone(), None).await {
-                            Ok(read)
-                                if read
-                                    .kvs()
-                                    .first()
-                                    .is_some_and(|kv| kv.create_revision() == token) =>
-                            {
-                                from = read.header().map_or(from, |h| h.revision() + 1);
-                            }
-                            Ok(_) => return,
-                            Err(_) => std::future::pending::<()>().await,
-                        }
-                    }
-                    // Cannot watch (permissions…): rely on the session signal alone.
-                    Err(_) => std::future::pending::<()>().await,
-                }
-            }
-        };
-        tokio::select! {
-            _ = self.session.ended() => {}
-            () = key_deleted => {}
-        }
+        queue::key_lost(&self.session, &self.ownership).await;
     }
 
     /// Releases the lock: deletes the key, but only if it is still this holder's (a stale unlock

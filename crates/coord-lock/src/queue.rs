@@ -6,6 +6,7 @@ use std::time::Duration;
 use coord_core::etcd_client::{
     Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
+use coord_core::watch::wait_deleted;
 use coord_core::{Client, LeaseId, Ownership, RetryPolicy, Session};
 use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinHandle;
@@ -37,6 +38,8 @@ pub(crate) struct Enqueued {
     /// Whether this call created the key (false: the session already had a key there, which is
     /// reused with its queue place, as Go does).
     pub(crate) created: bool,
+    /// The existing key's value when it was not created by this call.
+    pub(crate) existing_value: Option<Vec<u8>>,
     /// The create revision of the first key in the queue.
     pub(crate) first: Option<i64>,
 }
@@ -50,17 +53,15 @@ pub(crate) fn enqueue(
     key: &str,
     prefix: &str,
     lease: LeaseId,
+    value: Vec<u8>,
 ) -> JoinHandle<Result<Enqueued>> {
     let (client, key, prefix) = (client.clone(), key.to_owned(), prefix.to_owned());
     tokio::spawn(async move {
+        let put = PutOptions::new().with_lease(lease.get());
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([
-                TxnOp::put(
-                    key.clone(),
-                    "",
-                    Some(PutOptions::new().with_lease(lease.get())),
-                ),
+                TxnOp::put(key.clone(), value, Some(put)),
                 TxnOp::get(prefix.clone(), Some(first_by_create())),
             ])
             .or_else([
@@ -74,19 +75,18 @@ pub(crate) fn enqueue(
             Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.create_revision()),
             _ => None,
         };
-        let revision = if resp.succeeded() {
-            header_revision
-        } else {
-            match responses.first() {
-                Some(TxnOpResponse::Get(get)) => {
-                    get.kvs().first().map_or(0, |kv| kv.create_revision())
-                }
-                _ => 0,
-            }
+        let existing = match responses.first() {
+            Some(TxnOpResponse::Get(get)) if !resp.succeeded() => get.kvs().first().cloned(),
+            _ => None,
+        };
+        let revision = match &existing {
+            None => header_revision,
+            Some(kv) => kv.create_revision(),
         };
         Ok(Enqueued {
             revision,
             created: resp.succeeded(),
+            existing_value: existing.map(|kv| kv.value().to_vec()),
             first,
         })
     })
@@ -156,4 +156,48 @@ pub(crate) fn read_retry() -> RetryPolicy {
     RetryPolicy::new()
         .with_max_delay(Duration::from_secs(1))
         .with_max_elapsed(None)
+}
+
+/// Releases a queued key if an acquisition does not complete (error or cancellation).
+pub(crate) struct Cleanup<'a> {
+    pub(crate) session: &'a Session,
+    pub(crate) pending: Option<Pending>,
+    pub(crate) local: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            release_in_background(self.session, pending, self.local.take());
+        }
+    }
+}
+
+/// Resolves when the holder behind `ownership` is gone: its session ended, or its key was deleted
+/// or replaced. After a compaction the key is re-read; if the key cannot be watched at all
+/// (permissions), only the session signal remains.
+pub(crate) async fn key_lost(session: &Session, ownership: &Ownership) {
+    let client = session.client();
+    let key = ownership.key().to_vec();
+    let token = ownership.token().revision();
+    let key_deleted = async {
+        let mut from = token + 1;
+        loop {
+            match wait_deleted(client, key.clone(), from).await {
+                Ok(_) => return,
+                Err(coord_core::Error::Compacted { .. }) => match client.get(key.clone(), None).await {
+                    Ok(read) if read.kvs().first().is_some_and(|kv| kv.create_revision() == token) => {
+                        from = read.header().map_or(from, |h| h.revision() + 1);
+                    }
+                    Ok(_) => return,
+                    Err(_) => std::future::pending::<()>().await,
+                },
+                Err(_) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    tokio::select! {
+        _ = session.ended() => {}
+        () = key_deleted => {}
+    }
 }

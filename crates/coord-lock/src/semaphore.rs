@@ -1,0 +1,827 @@
+//! A counting semaphore held in etcd, with session-bound permits and durable holders.
+//!
+//! Protocol, safety and liveness argument: `docs/design/semaphore.md`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use coord_core::etcd_client::{
+    Compare, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+};
+use coord_core::keys::{lease_key, queue_prefix, validate_name, validate_segment};
+use coord_core::watch::{wait_changed, wait_prefix_deleted};
+use coord_core::{Error as CoreError, FencingToken, Ownership, Session};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedMutexGuard;
+
+use crate::queue::{self, Cleanup, Pending, last_created_before, read_retry};
+use crate::{Error, Result, local};
+
+/// The largest limit a semaphore accepts.
+pub const MAX_LIMIT: u32 = 100_000;
+
+/// Where a semaphore's limit comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// Given by the caller. Every participant must use the same number: each enforces its own.
+    Fixed(u32),
+    /// Stored in etcd next to the holders (key `namespace + name`, decimal text), changeable at run
+    /// time with [`Semaphore::set_limit`]; `default` applies while the key does not exist.
+    Stored {
+        /// The limit while none is stored.
+        default: u32,
+    },
+}
+
+impl Limit {
+    fn validate(value: u32) -> Result<u32> {
+        if value == 0 || value > MAX_LIMIT {
+            return Err(CoreError::InvalidConfig {
+                field: "limit",
+                reason: format!("{value} is outside 1..={MAX_LIMIT}"),
+            }
+            .into());
+        }
+        Ok(value)
+    }
+}
+
+/// How a durable holder's slot ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Until [`Semaphore::release_as`] or [`Semaphore::force_release`].
+    #[default]
+    UntilReleased,
+    /// Until released, or until this much time has passed (a lease that is never renewed), so that
+    /// holders that never come back do not block the semaphore for ever.
+    Expires(Duration),
+}
+
+/// What the holder keys store: who holds or waits, and since when.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Record {
+    holder: String,
+    held: bool,
+    since_ms: u64,
+}
+
+impl Record {
+    fn new(holder: &str, held: bool) -> Record {
+        let since_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        Record { holder: holder.to_owned(), held, since_ms: u64::try_from(since_ms).unwrap_or(u64::MAX) }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// A key whose value is not a record (written by another tool) counts as a holder: the safe
+    /// reading for both the limit and the wake-up rule (docs/design/semaphore.md §4).
+    fn decode(value: &[u8]) -> Option<Record> {
+        serde_json::from_slice(value).ok()
+    }
+}
+
+/// One entry of the semaphore's queue, from [`Semaphore::queue`] or [`Semaphore::holders`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HolderInfo {
+    /// The holder id: the id given to `acquire_as`, or the session's lease in hex.
+    pub id: String,
+    /// The full key.
+    pub key: String,
+    /// The fencing token (create revision); also the queue order.
+    pub token: FencingToken,
+    /// Whether it holds a permit (`false`: waiting).
+    pub held: bool,
+    /// Whether it is a durable holder (not bound to a session).
+    pub durable: bool,
+    /// When it was granted (or started waiting), by the holder's clock.
+    pub since: SystemTime,
+    /// The lease the key is attached to (0: none).
+    pub lease: i64,
+}
+
+/// A counting semaphore in etcd: at most `limit` holders at a time, FIFO.
+///
+/// Holders are the first `limit` keys under `namespace + name + "/"` by create revision
+/// (docs/wire-format.md). Two kinds of holders share it:
+/// - **session-bound** permits ([`acquire`](Self::acquire)), whose key is the session's lease in hex
+///   and which vanish with the session;
+/// - **durable** holders by id ([`acquire_as`](Self::acquire_as)), for slots that must survive the
+///   process (a machine's reboot slot), optionally expiring.
+///
+/// A release costs O(1) etcd requests however many wait: only the first waiter watches the
+/// holders; every other waiter watches the waiter ahead of it.
+///
+/// One session holds at most one permit of a semaphore at a time: a second acquisition on the same
+/// session waits inside the process until the first permit is released.
+///
+/// ```no_run
+/// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
+/// use coord_lock::{Limit, Semaphore};
+///
+/// let slots = Semaphore::new(&session, "builds", Limit::Fixed(4))?;
+/// let permit = slots.acquire().await?;
+/// // … at most 4 processes are here at once …
+/// permit.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Semaphore {
+    session: Session,
+    name: String,
+    prefix: String,
+    limit_key: String,
+    limit: Limit,
+    key: String,
+    local: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl fmt::Debug for Semaphore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Semaphore")
+            .field("prefix", &self.prefix)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of evaluating one's place in the queue.
+enum Place {
+    /// Granted (and marked held).
+    Granted,
+    /// Waiting behind holders only: watch for any delete under the prefix (and limit changes).
+    First { read_revision: i64 },
+    /// Waiting behind another waiter: watch that key for any change.
+    Behind { predecessor: Vec<u8>, read_revision: i64 },
+}
+
+impl Semaphore {
+    /// A semaphore named `name` (under the client's namespace) for holders of `session`.
+    ///
+    /// Nothing is sent to etcd until a permit is acquired.
+    ///
+    /// # Errors
+    ///
+    /// [`coord_core::Error::InvalidName`] for an invalid name; [`coord_core::Error::InvalidConfig`]
+    /// for a limit of 0 or over [`MAX_LIMIT`].
+    pub fn new(session: &Session, name: &str, limit: Limit) -> Result<Semaphore> {
+        let namespace = session.client().namespace();
+        validate_name(namespace, name)?;
+        match limit {
+            Limit::Fixed(n) | Limit::Stored { default: n } => Limit::validate(n)?,
+        };
+        let key = lease_key(namespace, name, session.lease_id());
+        Ok(Semaphore {
+            session: session.clone(),
+            name: name.to_owned(),
+            prefix: queue_prefix(namespace, name),
+            limit_key: format!("{namespace}{name}"),
+            limit,
+            local: local::slot(&key),
+            key,
+        })
+    }
+
+    /// The queue prefix: `namespace + name + "/"`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The key holding the stored limit: `namespace + name`.
+    pub fn limit_key(&self) -> &str {
+        &self.limit_key
+    }
+
+    /// Waits for a permit bound to the session.
+    ///
+    /// # Errors
+    ///
+    /// [`coord_core::Error::SessionLost`] / `SessionClosed` when the session ends before or while
+    /// waiting; transport errors that outlast the client's retries.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped acquisition removes its key from etcd (in the background).
+    pub async fn acquire(&self) -> Result<Permit> {
+        self.session.check_alive()?;
+        let local = self.local.clone().lock_owned().await;
+        self.acquire_session(local, true).await
+    }
+
+    /// Like [`acquire`](Self::acquire), giving up after `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TimedOut`] when the timeout expires (the waiter's key is then removed); otherwise as
+    /// [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Permit> {
+        match tokio::time::timeout(timeout, self.acquire()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::TimedOut { name: self.prefix.clone(), after: timeout }),
+        }
+    }
+
+    /// Takes a permit if one is free now, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldBlock`] when all permits are taken (nothing is left in etcd); otherwise as
+    /// [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn try_acquire(&self) -> Result<Permit> {
+        self.session.check_alive()?;
+        let local = self
+            .local
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| Error::WouldBlock { name: self.prefix.clone() })?;
+        self.acquire_session(local, false).await
+    }
+
+    async fn acquire_session(&self, local: OwnedMutexGuard<()>, wait: bool) -> Result<Permit> {
+        let client = self.session.client();
+        let holder = self.session.lease_id().to_string();
+        let mut cleanup = Cleanup {
+            session: &self.session,
+            pending: Some(Pending::InFlight {
+                key: self.key.clone(),
+                task: queue::enqueue(
+                    client,
+                    &self.key,
+                    &self.prefix,
+                    self.session.lease_id(),
+                    Record::new(&holder, false).encode(),
+                ),
+            }),
+            local: Some(local),
+        };
+        let enqueued = match &mut cleanup.pending {
+            Some(Pending::InFlight { task, .. }) => task.await.map_err(|_| Error::Aborted)??,
+            _ => return Err(Error::Aborted),
+        };
+        let ownership = Ownership::new(self.key.clone(), enqueued.revision);
+        cleanup.pending = Some(Pending::Known(ownership.clone()));
+        let lease = KeyLease::Keep;
+        if wait {
+            self.wait_for_grant(&ownership, &holder, lease).await?;
+        } else if !matches!(self.evaluate(&ownership, &holder, lease).await?, Place::Granted) {
+            if enqueued.created && queue::release(client, &ownership).await.is_ok() {
+                cleanup.pending = None;
+            }
+            return Err(Error::WouldBlock { name: self.prefix.clone() });
+        }
+        let local = cleanup.local.take();
+        cleanup.pending = None;
+        Ok(Permit { session: self.session.clone(), ownership, local, released: false })
+    }
+
+    /// Waits for a durable slot for `id` (a machine id, a job name…), not bound to the caller's
+    /// session: once granted, the slot stays until [`release_as`](Self::release_as) (or until it
+    /// expires, with [`Durability::Expires`]), even if this process exits.
+    ///
+    /// Idempotent: if `id` already holds a slot, this returns it without taking a second one.
+    /// While waiting, the key is bound to the caller's session, so a waiter that dies leaves no
+    /// trace.
+    ///
+    /// # Errors
+    ///
+    /// [`coord_core::Error::InvalidName`] for an empty id or one with `/` or NUL;
+    /// [`coord_core::Error::InvalidConfig`] for a zero or fractional expiry (nothing is written);
+    /// otherwise as [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe while waiting (the waiting key is removed). If dropped after the grant was
+    /// written, the slot is held; `acquire_as` again returns it.
+    pub async fn acquire_as(&self, id: &str, durability: Durability) -> Result<DurableSlot> {
+        self.durable(id, durability, true).await
+    }
+
+    /// Takes a durable slot for `id` if one is free now (or `id` already holds one), without
+    /// waiting. This is what FleetLock's `pre-reboot` does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldBlock`] when all slots are taken (nothing is left in etcd); otherwise as
+    /// [`acquire_as`](Self::acquire_as).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`acquire_as`](Self::acquire_as).
+    pub async fn try_acquire_as(&self, id: &str, durability: Durability) -> Result<DurableSlot> {
+        self.durable(id, durability, false).await
+    }
+
+    async fn durable(&self, id: &str, durability: Durability, wait: bool) -> Result<DurableSlot> {
+        validate_segment(id)?;
+        if let Durability::Expires(ttl) = durability {
+            if ttl.is_zero() || ttl.subsec_nanos() != 0 {
+                return Err(CoreError::InvalidConfig {
+                    field: "expiry",
+                    reason: format!("{ttl:?}: must be a whole, non-zero number of seconds"),
+                }
+                .into());
+            }
+        }
+        self.session.check_alive()?;
+        let key = self.durable_key(id);
+        let client = self.session.client();
+        let mut cleanup = Cleanup {
+            session: &self.session,
+            pending: Some(Pending::InFlight {
+                key: key.clone(),
+                task: queue::enqueue(
+                    client,
+                    &key,
+                    &self.prefix,
+                    self.session.lease_id(),
+                    Record::new(id, false).encode(),
+                ),
+            }),
+            local: None,
+        };
+        let enqueued = match &mut cleanup.pending {
+            Some(Pending::InFlight { task, .. }) => task.await.map_err(|_| Error::Aborted)??,
+            _ => return Err(Error::Aborted),
+        };
+        let ownership = Ownership::new(key.clone(), enqueued.revision);
+        let already_held = enqueued
+            .existing_value
+            .as_deref()
+            .and_then(Record::decode)
+            .is_some_and(|r| r.held);
+        if already_held {
+            cleanup.pending = None;
+            return Ok(DurableSlot { id: id.to_owned(), ownership });
+        }
+        // Only the caller that queued the key removes it when giving up.
+        cleanup.pending = enqueued.created.then(|| Pending::Known(ownership.clone()));
+        let lease = KeyLease::Durable(durability);
+        if wait {
+            self.wait_for_grant(&ownership, id, lease).await?;
+        } else if !matches!(self.evaluate(&ownership, id, lease).await?, Place::Granted) {
+            if let Some(Pending::Known(mine)) = cleanup.pending.take() {
+                if queue::release(client, &mine).await.is_err() {
+                    cleanup.pending = Some(Pending::Known(mine));
+                }
+            }
+            return Err(Error::WouldBlock { name: self.prefix.clone() });
+        }
+        cleanup.pending = None;
+        Ok(DurableSlot { id: id.to_owned(), ownership })
+    }
+
+    /// Releases `id`'s durable slot (or its waiting entry). Releasing an id that holds nothing
+    /// succeeds.
+    ///
+    /// # Errors
+    ///
+    /// [`coord_core::Error::InvalidName`] for an invalid id; transport errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the delete either happened or not; call again.
+    pub async fn release_as(&self, id: &str) -> Result<()> {
+        validate_segment(id)?;
+        self.session.client().delete(self.durable_key(id), None).await?;
+        Ok(())
+    }
+
+    /// Operator override: removes the holder or waiter `id` — a durable id, or a session-bound
+    /// holder's lease in hex — whatever it is doing. The removed holder's `owns()` compares fail
+    /// from then on. Returns whether something was removed.
+    ///
+    /// # Errors
+    ///
+    /// [`coord_core::Error::InvalidName`] for an invalid id; transport errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn force_release(&self, id: &str) -> Result<bool> {
+        validate_segment(id)?;
+        let client = self.session.client();
+        let durable = client.delete(self.durable_key(id), None).await?;
+        if durable.deleted() > 0 {
+            return Ok(true);
+        }
+        let session_key = format!("{}{id}", self.prefix);
+        Ok(client.delete(session_key, None).await?.deleted() > 0)
+    }
+
+    /// The current limit: the stored one (or its default), or the fixed one.
+    ///
+    /// # Errors
+    ///
+    /// Transport errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (a read).
+    pub async fn limit(&self) -> Result<u32> {
+        match self.limit {
+            Limit::Fixed(n) => Ok(n),
+            Limit::Stored { default } => {
+                let read = self.session.client().get(self.limit_key.clone(), None).await?;
+                Ok(parse_limit(read.kvs().first().map(|kv| kv.value()), default))
+            }
+        }
+    }
+
+    /// Changes the stored limit. Lowering it never evicts holders; it only stops new grants until
+    /// enough have released. Raising it wakes waiters at once.
+    ///
+    /// # Errors
+    ///
+    /// [`coord_core::Error::InvalidConfig`] for 0, a value over [`MAX_LIMIT`], or a semaphore whose
+    /// limit is [`Limit::Fixed`]; transport errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the write either happened or not.
+    pub async fn set_limit(&self, limit: u32) -> Result<()> {
+        let limit = Limit::validate(limit)?;
+        if let Limit::Fixed(_) = self.limit {
+            return Err(CoreError::InvalidConfig {
+                field: "limit",
+                reason: format!("semaphore {} has a fixed limit; use Limit::Stored", self.name),
+            }
+            .into());
+        }
+        self.session.client().put(self.limit_key.clone(), limit.to_string(), None).await?;
+        Ok(())
+    }
+
+    /// Everyone in the queue, holders first, in order.
+    ///
+    /// # Errors
+    ///
+    /// Transport errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (a read).
+    pub async fn queue(&self) -> Result<Vec<HolderInfo>> {
+        let options =
+            GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend);
+        let read = self.session.client().get(self.prefix.clone(), Some(options)).await?;
+        let durable_prefix = format!("{}{DURABLE_MARK}", self.prefix);
+        Ok(read
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let record = Record::decode(kv.value());
+                let durable = key.starts_with(&durable_prefix);
+                let fallback_id = key.rsplit('/').next().unwrap_or_default().to_owned();
+                HolderInfo {
+                    id: record.as_ref().map_or(fallback_id, |r| r.holder.clone()),
+                    token: FencingToken::new(kv.create_revision()),
+                    held: record.as_ref().is_none_or(|r| r.held),
+                    durable,
+                    since: UNIX_EPOCH
+                        + Duration::from_millis(record.as_ref().map_or(0, |r| r.since_ms)),
+                    lease: kv.lease(),
+                    key,
+                }
+            })
+            .collect())
+    }
+
+    /// The holders (granted entries), oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Transport errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (a read).
+    pub async fn holders(&self) -> Result<Vec<HolderInfo>> {
+        Ok(self.queue().await?.into_iter().filter(|h| h.held).collect())
+    }
+
+    fn durable_key(&self, id: &str) -> String {
+        format!("{}{DURABLE_MARK}{id}", self.prefix)
+    }
+
+    /// Evaluates and waits until granted. Wake-up rule: docs/design/semaphore.md §3.
+    async fn wait_for_grant(&self, ownership: &Ownership, holder: &str, lease: KeyLease) -> Result<()> {
+        let client = self.session.client();
+        loop {
+            let place = tokio::select! {
+                biased;
+                _ = self.session.ended() => return Err(session_gone(&self.session)),
+                place = self.evaluate(ownership, holder, lease) => place?,
+            };
+            let woken = match place {
+                Place::Granted => return Ok(()),
+                Place::First { read_revision } => {
+                    let limit_changed = async {
+                        match self.limit {
+                            Limit::Stored { .. } => {
+                                wait_changed(client, self.limit_key.clone(), read_revision + 1).await
+                            }
+                            Limit::Fixed(_) => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = self.session.ended() => return Err(session_gone(&self.session)),
+                        r = wait_prefix_deleted(client, self.prefix.clone(), read_revision + 1) => r,
+                        r = limit_changed => r,
+                    }
+                }
+                Place::Behind { predecessor, read_revision } => {
+                    tokio::select! {
+                        biased;
+                        _ = self.session.ended() => return Err(session_gone(&self.session)),
+                        r = wait_changed(client, predecessor, read_revision + 1) => r,
+                    }
+                }
+            };
+            match woken {
+                Ok(_) | Err(CoreError::Compacted { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// One read of everything the decision needs (own key, rank and predecessor, stored limit),
+    /// and, when the rank is below the limit, one guarded write marking the key held.
+    async fn evaluate(&self, ownership: &Ownership, holder: &str, lease: KeyLease) -> Result<Place> {
+        let client = self.session.client();
+        let key = ownership.key().to_vec();
+        let revision = ownership.token().revision();
+        let read = Txn::new().and_then([
+            TxnOp::get(key.clone(), None),
+            TxnOp::get(self.prefix.clone(), Some(last_created_before(revision))),
+            TxnOp::get(self.limit_key.clone(), None),
+        ]);
+        let resp = read_retry().retry(|| client.txn(read.clone())).await?;
+        let read_revision = resp.header().map_or(0, |h| h.revision());
+        let gets: Vec<_> = resp
+            .op_responses()
+            .into_iter()
+            .filter_map(|r| match r {
+                TxnOpResponse::Get(get) => Some(get),
+                _ => None,
+            })
+            .collect();
+        let [mine, older, stored] = gets.as_slice() else {
+            return Err(Error::Aborted);
+        };
+        let me = mine.kvs().first().filter(|kv| kv.create_revision() == revision);
+        let Some(me) = me else {
+            // Our key is gone: the session expired, or an operator removed it.
+            return Err(session_gone_or_removed(&self.session, ownership));
+        };
+        let limit = match self.limit {
+            Limit::Fixed(n) => n,
+            Limit::Stored { default } => parse_limit(stored.kvs().first().map(|kv| kv.value()), default),
+        };
+        let rank = u64::try_from(older.count()).unwrap_or(u64::MAX);
+        if rank < u64::from(limit) {
+            if !Record::decode(me.value()).is_some_and(|r| r.held) || lease.changes_on_grant() {
+                self.mark_held(ownership, holder, lease).await?;
+            }
+            return Ok(Place::Granted);
+        }
+        match older.kvs().first() {
+            Some(predecessor) if Record::decode(predecessor.value()).is_some_and(|r| !r.held) => {
+                Ok(Place::Behind { predecessor: predecessor.key().to_vec(), read_revision })
+            }
+            _ => Ok(Place::First { read_revision }),
+        }
+    }
+
+    /// Marks the key held, guarded by its create revision: the write that wakes the waiter behind.
+    async fn mark_held(&self, ownership: &Ownership, holder: &str, lease: KeyLease) -> Result<()> {
+        let client = self.session.client();
+        let options = match lease {
+            KeyLease::Keep => PutOptions::new().with_ignore_lease(),
+            KeyLease::Durable(Durability::UntilReleased) => PutOptions::new(),
+            KeyLease::Durable(Durability::Expires(ttl)) => {
+                let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+                PutOptions::new().with_lease(client.lease_grant(ttl).await?.id())
+            }
+        };
+        let txn = Txn::new().when([ownership.compare()]).and_then([TxnOp::put(
+            ownership.key().to_vec(),
+            Record::new(holder, true).encode(),
+            Some(options),
+        )]);
+        if client.txn(txn).await?.succeeded() {
+            Ok(())
+        } else {
+            Err(session_gone_or_removed(&self.session, ownership))
+        }
+    }
+}
+
+/// Durable holder keys are `prefix + DURABLE_MARK + id`; session keys are lowercase hex, which can
+/// never start with this mark.
+const DURABLE_MARK: &str = "id-";
+
+#[derive(Debug, Clone, Copy)]
+enum KeyLease {
+    /// A session-bound permit keeps the session's lease.
+    Keep,
+    /// A durable slot leaves the waiter's session on grant.
+    Durable(Durability),
+}
+
+impl KeyLease {
+    fn changes_on_grant(self) -> bool {
+        matches!(self, KeyLease::Durable(_))
+    }
+}
+
+fn parse_limit(value: Option<&[u8]>, default: u32) -> u32 {
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|&n| (1..=MAX_LIMIT).contains(&n))
+        .unwrap_or(default)
+}
+
+fn session_gone(session: &Session) -> Error {
+    match session.check_alive() {
+        Err(e) => e.into(),
+        Ok(()) => CoreError::SessionLost { lease_id: session.lease_id() }.into(),
+    }
+}
+
+fn session_gone_or_removed(session: &Session, ownership: &Ownership) -> Error {
+    if session.is_alive() {
+        Error::NotHeld { key: ownership.key_str().unwrap_or_default().to_owned() }
+    } else {
+        session_gone(session)
+    }
+}
+
+/// A session-bound permit of a [`Semaphore`]. Dropping it releases the permit in the background;
+/// prefer [`release`](Self::release), which reports errors.
+#[must_use = "dropping the permit releases it at once"]
+pub struct Permit {
+    session: Session,
+    ownership: Ownership,
+    local: Option<OwnedMutexGuard<()>>,
+    released: bool,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("key", &self.ownership.key_str())
+            .field("token", &self.ownership.token())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit {
+    /// The permit's key.
+    pub fn key(&self) -> &str {
+        self.ownership.key_str().unwrap_or_default()
+    }
+
+    /// The fencing token (create revision of the key).
+    pub fn token(&self) -> FencingToken {
+        self.ownership.token()
+    }
+
+    /// `create_revision(key) == token`: true exactly while this permit is held.
+    pub fn owns(&self) -> Compare {
+        self.ownership.compare()
+    }
+
+    /// The ownership proof.
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
+    }
+
+    /// The session the permit is bound to.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Resolves when the permit is lost (session ended, or the key was removed, e.g. by
+    /// [`Semaphore::force_release`]). An early warning; fence writes with [`owns`](Self::owns).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn lost(&self) {
+        queue::key_lost(&self.session, &self.ownership).await;
+    }
+
+    /// Releases the permit, only if the key is still this permit's.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotHeld`] when the permit had been lost already; transport errors (the release is
+    /// then retried in the background).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if dropped, the release continues in the background.
+    pub async fn release(mut self) -> Result<()> {
+        let deleted = queue::release(self.session.client(), &self.ownership).await?;
+        self.released = true;
+        self.local.take();
+        if deleted {
+            Ok(())
+        } else {
+            Err(Error::NotHeld { key: self.key().to_owned() })
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.released {
+            queue::release_in_background(
+                &self.session,
+                Pending::Known(self.ownership.clone()),
+                self.local.take(),
+            );
+        }
+    }
+}
+
+/// A durable slot granted to an id by [`Semaphore::acquire_as`]. It is information, not a guard:
+/// dropping it changes nothing; release with [`Semaphore::release_as`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableSlot {
+    id: String,
+    ownership: Ownership,
+}
+
+impl DurableSlot {
+    /// The holder id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The slot's key.
+    pub fn key(&self) -> &str {
+        self.ownership.key_str().unwrap_or_default()
+    }
+
+    /// The fencing token (create revision of the key).
+    pub fn token(&self) -> FencingToken {
+        self.ownership.token()
+    }
+
+    /// `create_revision(key) == token`: true while this slot is held.
+    pub fn owns(&self) -> Compare {
+        self.ownership.compare()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_outside_the_sane_range_are_rejected() {
+        assert!(Limit::validate(0).is_err());
+        assert!(Limit::validate(MAX_LIMIT + 1).is_err());
+        assert_eq!(Limit::validate(10).unwrap(), 10);
+    }
+
+    #[test]
+    fn stored_limits_fall_back_to_the_default_when_unreadable() {
+        assert_eq!(parse_limit(Some(b"7"), 3), 7);
+        assert_eq!(parse_limit(Some(b" 7\n"), 3), 7);
+        assert_eq!(parse_limit(Some(b"0"), 3), 3);
+        assert_eq!(parse_limit(Some(b"many"), 3), 3);
+        assert_eq!(parse_limit(None, 3), 3);
+    }
+
+    #[test]
+    fn records_round_trip_and_foreign_values_are_not_records() {
+        let record = Record::new("node-1", true);
+        assert_eq!(Record::decode(&record.encode()), Some(record));
+        assert_eq!(Record::decode(b""), None);
+        assert_eq!(Record::decode(b"{\"Op\":0}"), None);
+    }
+
+    #[test]
+    fn durable_keys_cannot_collide_with_lease_keys() {
+        // Lease keys are lowercase hex; the mark contains 'i', which is not a hex digit.
+        assert!(DURABLE_MARK.chars().any(|c| !c.is_ascii_hexdigit()));
+    }
+}
