@@ -1,0 +1,158 @@
+//! Scenario `mutex-uncontended`: one holder taking and releasing a lock nobody else wants, against
+//! the raw floor (one create transaction + one delete, the least any etcd lock can send) and
+//! against the etcd server's Lock/Unlock RPC. Each variant keeps one session for all its cycles.
+
+use std::time::{Duration, Instant};
+
+use coord_core::Session;
+use coord_core::etcd_client::{
+    Compare, CompareOp, KvClient, LockClient, LockOptions, PutOptions, Txn, TxnOp,
+};
+use coord_lock::Mutex;
+
+use crate::Bench;
+use crate::report::{Ratio, Report, Target};
+use crate::rounds::{Tally, order, rounded};
+
+const SCENARIO: &str = "mutex-uncontended";
+const WARM_UP: Duration = Duration::from_millis(300);
+const TTL: Duration = Duration::from_secs(60);
+
+/// One way of taking and releasing the lock.
+enum Cycle {
+    /// `if create_revision(k) == 0 then put(k, lease)`, then `delete(k)`.
+    Floor {
+        kv: KvClient,
+        key: String,
+    },
+    Coord {
+        mutex: Mutex,
+    },
+    /// The server runs Go's `concurrency.Mutex` for us.
+    Server {
+        lock: LockClient,
+        name: String,
+    },
+}
+
+struct Variant {
+    label: &'static str,
+    session: Session,
+    lease: i64,
+    cycle: Cycle,
+}
+
+impl Variant {
+    async fn once(&mut self) {
+        match &mut self.cycle {
+            Cycle::Floor { kv, key } => {
+                let create = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        key.clone(),
+                        "",
+                        Some(PutOptions::new().with_lease(self.lease)),
+                    )]);
+                let created = kv.txn(create).await.expect("create txn").succeeded();
+                assert!(created, "the floor's key was left behind");
+                kv.delete(key.clone(), None).await.expect("delete");
+            }
+            Cycle::Coord { mutex } => {
+                let guard = mutex.lock().await.expect("lock");
+                guard.unlock().await.expect("unlock");
+            }
+            Cycle::Server { lock, name } => {
+                let options = LockOptions::new().with_lease(self.lease);
+                let held = lock.lock(name.clone(), Some(options)).await.expect("Lock");
+                lock.unlock(held.key()).await.expect("Unlock");
+            }
+        }
+    }
+
+    /// Cycles for `length`; returns the cycles done and the time they took.
+    async fn round(&mut self, length: Duration) -> (u64, Duration) {
+        let start = Instant::now();
+        let mut cycles = 0;
+        while start.elapsed() < length {
+            self.once().await;
+            cycles += 1;
+        }
+        (cycles, start.elapsed())
+    }
+}
+
+pub(crate) async fn run(bench: &Bench, report: &mut Report) {
+    let plan = bench.plan(2.0, 5);
+    let namespace = coord_testkit::unique_namespace("bench-uncontended");
+    let mut variants = Vec::new();
+    for label in ["raw floor", "coord Mutex", "server Lock RPC"] {
+        let client = bench.client(&namespace).await;
+        let session = Session::new(client.clone(), TTL).await.expect("session");
+        let lease = session.lease_id().get();
+        let cycle = match label {
+            "raw floor" => Cycle::Floor {
+                kv: client.etcd().kv_client(),
+                key: format!("{namespace}floor/{lease:x}"),
+            },
+            "coord Mutex" => Cycle::Coord {
+                mutex: Mutex::new(&session, "mutex").expect("mutex"),
+            },
+            _ => Cycle::Server {
+                lock: client.etcd().lock_client(),
+                name: format!("{namespace}server"),
+            },
+        };
+        variants.push(Variant {
+            label,
+            session,
+            lease,
+            cycle,
+        });
+    }
+    for variant in &mut variants {
+        variant.round(WARM_UP).await;
+    }
+
+    let mut tallies = vec![Tally::default(); variants.len()];
+    for round in 0..plan.rounds {
+        for i in order(round, variants.len()) {
+            let ((cycles, took), window) =
+                bench.metered(variants[i].round(plan.round), false).await;
+            let ms_per_cycle = took.as_secs_f64() * 1000.0 / cycles.max(1) as f64;
+            tallies[i].record(ms_per_cycle, cycles, &window);
+        }
+    }
+
+    let (floor, coord, server) = (&tallies[0], &tallies[1], &tallies[2]);
+    let ms = |t: &Tally| format!("{:.3} ms/cycle", t.median());
+    report.compare(
+        &format!("{SCENARIO}: coord vs raw floor"),
+        format!("floor {}", ms(floor)),
+        ms(coord),
+        Ratio::Time(coord.median_ratio_to(floor)),
+        Target::TimeAtMost(1.05),
+    );
+    report.compare(
+        &format!("{SCENARIO}: coord vs server Lock RPC"),
+        format!("Lock RPC {}", ms(server)),
+        ms(coord),
+        Ratio::Time(coord.median_ratio_to(server)),
+        Target::None,
+    );
+    for (variant, tally) in variants.iter().zip(&tallies) {
+        report.requests(
+            &format!("{SCENARIO}: {}", variant.label),
+            tally.ops,
+            tally.requests_per_op(),
+            tally.mean_unsynced(),
+        );
+        println!(
+            "  {:<16} per round (ms/cycle): {:?}",
+            variant.label,
+            rounded(&tally.per_round)
+        );
+    }
+    for variant in variants {
+        variant.session.close().await.expect("close session");
+    }
+}
