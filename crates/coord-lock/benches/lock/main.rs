@@ -1,4 +1,4 @@
-//! Benchmarks of coord-lock's Mutex, each against baselines measured in the same run
+//! Benchmarks of coord-lock's Mutex and Semaphore, each against baselines measured in the same run
 //! on one etcd started by coord-testkit. Results and their interpretation: `BENCHMARKS.md` at the
 //! workspace root.
 //!
@@ -8,17 +8,19 @@
 //! COORD_BENCH_SECS=5 COORD_BENCH_ROUNDS=6 cargo bench -p coord-lock --bench lock
 //! ```
 //!
-//! Scenarios: `mutex-uncontended`, `mutex-contended`. `COORD_BENCH_SECS` (or
+//! Scenarios: `mutex-uncontended`, `mutex-contended`, `semaphore`. `COORD_BENCH_SECS` (or
 //! `--secs=N`) sets the length of every round, `COORD_BENCH_ROUNDS` (or `--rounds=N`) the rounds per
 //! variant; each scenario has its own defaults, chosen so that the whole run takes about two
 //! minutes.
 // A bench binary: a failed set-up or request must stop the run loudly, never be papered over.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod cas_semaphore;
 mod contended;
 mod metrics;
 mod report;
 mod rounds;
+mod semaphore;
 mod uncontended;
 
 use std::future::Future;
@@ -31,7 +33,7 @@ use crate::metrics::{Scrape, Window};
 use crate::report::Report;
 use crate::rounds::Plan;
 
-const SCENARIOS: [&str; 2] = ["mutex-uncontended", "mutex-contended"];
+const SCENARIOS: [&str; 3] = ["mutex-uncontended", "mutex-contended", "semaphore"];
 
 /// How long to wait after a round before reading `/metrics`, so that background clean-ups of
 /// cancelled waiters are counted in the round that caused them.
@@ -201,6 +203,7 @@ async fn run(options: Options) {
         match *scenario {
             "mutex-uncontended" => uncontended::run(&bench, &mut report).await,
             "mutex-contended" => contended::run(&bench, &mut report).await,
+            "semaphore" => semaphore::run(&bench, &mut report).await,
             _ => unreachable!("scenario names are checked when parsing"),
         }
     }

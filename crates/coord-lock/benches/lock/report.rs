@@ -164,9 +164,15 @@ impl Report {
         for row in &self.requests {
             let r = &row.per_op;
             let unary: Vec<String> = r.unary.iter().map(|v| format!("{v:.2}")).collect();
+            // Nothing to divide by: the counts are the rounds' totals.
+            let variant = if row.ops == 0 {
+                format!("{} (no operation completed: totals)", row.variant)
+            } else {
+                row.variant.clone()
+            };
             println!(
                 "| {} | {} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} | {} |",
-                row.variant,
+                variant,
                 row.ops,
                 r.total(),
                 unary.join(" | "),
