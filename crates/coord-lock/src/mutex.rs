@@ -10,7 +10,10 @@ use coord_core::watch::wait_deleted;
 use coord_core::{Error as CoreError, FencingToken, Ownership, Session};
 use tokio::sync::OwnedMutexGuard;
 
-use crate::queue::{self, Cleanup, Enqueued, Pending, first_by_create, last_created_before, read_retry};
+use crate::queue::{
+    self, Cleanup, Enqueued, Pending, first_by_create, last_created_before, read_retry,
+    session_gone, session_gone_or_removed,
+};
 use crate::{Error, Result, local};
 
 /// A mutual-exclusion lock held in etcd, bound to a [`Session`].
@@ -185,7 +188,13 @@ impl Mutex {
             session: &self.session,
             pending: Some(Pending::InFlight {
                 key: self.key.clone(),
-                task: queue::enqueue(client, &self.key, &self.prefix, self.session.lease_id(), Vec::new()),
+                task: queue::enqueue(
+                    client,
+                    &self.key,
+                    &self.prefix,
+                    self.session.lease_id(),
+                    Vec::new(),
+                ),
             }),
             local: Some(local),
         };
@@ -223,7 +232,7 @@ impl Mutex {
                 .is_some_and(|kv| kv.create_revision() == enqueued.revision);
             if !still_ours || !self.session.is_alive() {
                 cleanup.pending = None;
-                return Err(session_gone(&self.session));
+                return Err(session_gone_or_removed(&self.session, &ownership).await);
             }
         }
         let local = cleanup.local.take();
@@ -263,16 +272,6 @@ impl Mutex {
                 },
             }
         }
-    }
-}
-
-fn session_gone(session: &Session) -> Error {
-    match session.check_alive() {
-        Err(e) => e.into(),
-        Ok(()) => CoreError::SessionLost {
-            lease_id: session.lease_id(),
-        }
-        .into(),
     }
 }
 

@@ -7,11 +7,11 @@ use coord_core::etcd_client::{
     Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use coord_core::watch::wait_deleted;
-use coord_core::{Client, LeaseId, Ownership, RetryPolicy, Session};
+use coord_core::{Client, Error as CoreError, LeaseId, Ownership, RetryPolicy, Session};
 use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinHandle;
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// `Range(prefix)` sorted by create revision, ascending, limit 1: the first in the queue.
 pub(crate) fn first_by_create() -> GetOptions {
@@ -185,13 +185,20 @@ pub(crate) async fn key_lost(session: &Session, ownership: &Ownership) {
         loop {
             match wait_deleted(client, key.clone(), from).await {
                 Ok(_) => return,
-                Err(coord_core::Error::Compacted { .. }) => match client.get(key.clone(), None).await {
-                    Ok(read) if read.kvs().first().is_some_and(|kv| kv.create_revision() == token) => {
-                        from = read.header().map_or(from, |h| h.revision() + 1);
+                Err(coord_core::Error::Compacted { .. }) => {
+                    match client.get(key.clone(), None).await {
+                        Ok(read)
+                            if read
+                                .kvs()
+                                .first()
+                                .is_some_and(|kv| kv.create_revision() == token) =>
+                        {
+                            from = read.header().map_or(from, |h| h.revision() + 1);
+                        }
+                        Ok(_) => return,
+                        Err(_) => std::future::pending::<()>().await,
                     }
-                    Ok(_) => return,
-                    Err(_) => std::future::pending::<()>().await,
-                },
+                }
                 Err(_) => std::future::pending::<()>().await,
             }
         }
@@ -199,5 +206,37 @@ pub(crate) async fn key_lost(session: &Session, ownership: &Ownership) {
     tokio::select! {
         _ = session.ended() => {}
         () = key_deleted => {}
+    }
+}
+
+/// The error for a wait that ended because the session did.
+pub(crate) fn session_gone(session: &Session) -> Error {
+    match session.check_alive() {
+        Err(e) => e.into(),
+        Ok(()) => CoreError::SessionLost {
+            lease_id: session.lease_id(),
+        }
+        .into(),
+    }
+}
+
+/// Our key vanished: tell an expired session (the lease is gone on the server, even if the
+/// keep-alive task has not noticed yet) from an operator's removal.
+pub(crate) async fn session_gone_or_removed(session: &Session, ownership: &Ownership) -> Error {
+    if !session.is_alive() {
+        return session_gone(session);
+    }
+    match session
+        .client()
+        .lease_time_to_live(session.lease_id(), false)
+        .await
+    {
+        Ok(ttl) if ttl.ttl() < 0 => CoreError::SessionLost {
+            lease_id: session.lease_id(),
+        }
+        .into(),
+        _ => Error::NotHeld {
+            key: ownership.key_str().unwrap_or_default().to_owned(),
+        },
     }
 }

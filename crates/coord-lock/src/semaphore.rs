@@ -15,7 +15,7 @@ use coord_core::{Error as CoreError, FencingToken, Ownership, Session};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
 
-use crate::queue::{self, Cleanup, Pending, last_created_before, read_retry};
+use crate::queue::{self, Cleanup, Pending, read_retry, session_gone, session_gone_or_removed};
 use crate::{Error, Result, local};
 
 /// The largest limit a semaphore accepts.
@@ -70,8 +70,14 @@ struct Record {
 
 impl Record {
     fn new(holder: &str, held: bool) -> Record {
-        let since_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        Record { holder: holder.to_owned(), held, since_ms: u64::try_from(since_ms).unwrap_or(u64::MAX) }
+        let since_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        Record {
+            holder: holder.to_owned(),
+            held,
+            since_ms: u64::try_from(since_ms).unwrap_or(u64::MAX),
+        }
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -157,7 +163,10 @@ enum Place {
     /// Waiting behind holders only: watch for any delete under the prefix (and limit changes).
     First { read_revision: i64 },
     /// Waiting behind another waiter: watch that key for any change.
-    Behind { predecessor: Vec<u8>, read_revision: i64 },
+    Behind {
+        predecessor: Vec<u8>,
+        read_revision: i64,
+    },
 }
 
 impl Semaphore {
@@ -226,7 +235,10 @@ impl Semaphore {
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Permit> {
         match tokio::time::timeout(timeout, self.acquire()).await {
             Ok(result) => result,
-            Err(_) => Err(Error::TimedOut { name: self.prefix.clone(), after: timeout }),
+            Err(_) => Err(Error::TimedOut {
+                name: self.prefix.clone(),
+                after: timeout,
+            }),
         }
     }
 
@@ -246,7 +258,9 @@ impl Semaphore {
             .local
             .clone()
             .try_lock_owned()
-            .map_err(|_| Error::WouldBlock { name: self.prefix.clone() })?;
+            .map_err(|_| Error::WouldBlock {
+                name: self.prefix.clone(),
+            })?;
         self.acquire_session(local, false).await
     }
 
@@ -276,15 +290,25 @@ impl Semaphore {
         let lease = KeyLease::Keep;
         if wait {
             self.wait_for_grant(&ownership, &holder, lease).await?;
-        } else if !matches!(self.evaluate(&ownership, &holder, lease).await?, Place::Granted) {
+        } else if !matches!(
+            self.evaluate(&ownership, &holder, lease).await?,
+            Place::Granted
+        ) {
             if enqueued.created && queue::release(client, &ownership).await.is_ok() {
                 cleanup.pending = None;
             }
-            return Err(Error::WouldBlock { name: self.prefix.clone() });
+            return Err(Error::WouldBlock {
+                name: self.prefix.clone(),
+            });
         }
         let local = cleanup.local.take();
         cleanup.pending = None;
-        Ok(Permit { session: self.session.clone(), ownership, local, released: false })
+        Ok(Permit {
+            session: self.session.clone(),
+            ownership,
+            local,
+            released: false,
+        })
     }
 
     /// Waits for a durable slot for `id` (a machine id, a job name…), not bound to the caller's
@@ -364,7 +388,10 @@ impl Semaphore {
             .is_some_and(|r| r.held);
         if already_held {
             cleanup.pending = None;
-            return Ok(DurableSlot { id: id.to_owned(), ownership });
+            return Ok(DurableSlot {
+                id: id.to_owned(),
+                ownership,
+            });
         }
         // Only the caller that queued the key removes it when giving up.
         cleanup.pending = enqueued.created.then(|| Pending::Known(ownership.clone()));
@@ -377,10 +404,15 @@ impl Semaphore {
                     cleanup.pending = Some(Pending::Known(mine));
                 }
             }
-            return Err(Error::WouldBlock { name: self.prefix.clone() });
+            return Err(Error::WouldBlock {
+                name: self.prefix.clone(),
+            });
         }
         cleanup.pending = None;
-        Ok(DurableSlot { id: id.to_owned(), ownership })
+        Ok(DurableSlot {
+            id: id.to_owned(),
+            ownership,
+        })
     }
 
     /// Releases `id`'s durable slot (or its waiting entry). Releasing an id that holds nothing
@@ -395,7 +427,10 @@ impl Semaphore {
     /// Cancel safe: the delete either happened or not; call again.
     pub async fn release_as(&self, id: &str) -> Result<()> {
         validate_segment(id)?;
-        self.session.client().delete(self.durable_key(id), None).await?;
+        self.session
+            .client()
+            .delete(self.durable_key(id), None)
+            .await?;
         Ok(())
     }
 
@@ -434,8 +469,15 @@ impl Semaphore {
         match self.limit {
             Limit::Fixed(n) => Ok(n),
             Limit::Stored { default } => {
-                let read = self.session.client().get(self.limit_key.clone(), None).await?;
-                Ok(parse_limit(read.kvs().first().map(|kv| kv.value()), default))
+                let read = self
+                    .session
+                    .client()
+                    .get(self.limit_key.clone(), None)
+                    .await?;
+                Ok(parse_limit(
+                    read.kvs().first().map(|kv| kv.value()),
+                    default,
+                ))
             }
         }
     }
@@ -456,11 +498,17 @@ impl Semaphore {
         if let Limit::Fixed(_) = self.limit {
             return Err(CoreError::InvalidConfig {
                 field: "limit",
-                reason: format!("semaphore {} has a fixed limit; use Limit::Stored", self.name),
+                reason: format!(
+                    "semaphore {} has a fixed limit; use Limit::Stored",
+                    self.name
+                ),
             }
             .into());
         }
-        self.session.client().put(self.limit_key.clone(), limit.to_string(), None).await?;
+        self.session
+            .client()
+            .put(self.limit_key.clone(), limit.to_string(), None)
+            .await?;
         Ok(())
     }
 
@@ -474,9 +522,14 @@ impl Semaphore {
     ///
     /// Cancel safe (a read).
     pub async fn queue(&self) -> Result<Vec<HolderInfo>> {
-        let options =
-            GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend);
-        let read = self.session.client().get(self.prefix.clone(), Some(options)).await?;
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend);
+        let read = self
+            .session
+            .client()
+            .get(self.prefix.clone(), Some(options))
+            .await?;
         let durable_prefix = format!("{}{DURABLE_MARK}", self.prefix);
         Ok(read
             .kvs()
@@ -518,7 +571,12 @@ impl Semaphore {
     }
 
     /// Evaluates and waits until granted. Wake-up rule: docs/design/semaphore.md §3.
-    async fn wait_for_grant(&self, ownership: &Ownership, holder: &str, lease: KeyLease) -> Result<()> {
+    async fn wait_for_grant(
+        &self,
+        ownership: &Ownership,
+        holder: &str,
+        lease: KeyLease,
+    ) -> Result<()> {
         let client = self.session.client();
         loop {
             let place = tokio::select! {
@@ -532,7 +590,8 @@ impl Semaphore {
                     let limit_changed = async {
                         match self.limit {
                             Limit::Stored { .. } => {
-                                wait_changed(client, self.limit_key.clone(), read_revision + 1).await
+                                wait_changed(client, self.limit_key.clone(), read_revision + 1)
+                                    .await
                             }
                             Limit::Fixed(_) => std::future::pending().await,
                         }
@@ -544,7 +603,10 @@ impl Semaphore {
                         r = limit_changed => r,
                     }
                 }
-                Place::Behind { predecessor, read_revision } => {
+                Place::Behind {
+                    predecessor,
+                    read_revision,
+                } => {
                     tokio::select! {
                         biased;
                         _ = self.session.ended() => return Err(session_gone(&self.session)),
@@ -561,49 +623,76 @@ impl Semaphore {
 
     /// One read of everything the decision needs (own key, rank and predecessor, stored limit),
     /// and, when the rank is below the limit, one guarded write marking the key held.
-    async fn evaluate(&self, ownership: &Ownership, holder: &str, lease: KeyLease) -> Result<Place> {
+    async fn evaluate(
+        &self,
+        ownership: &Ownership,
+        holder: &str,
+        lease: KeyLease,
+    ) -> Result<Place> {
         let client = self.session.client();
         let key = ownership.key().to_vec();
         let revision = ownership.token().revision();
-        let read = Txn::new().and_then([
-            TxnOp::get(key.clone(), None),
-            TxnOp::get(self.prefix.clone(), Some(last_created_before(revision))),
-            TxnOp::get(self.limit_key.clone(), None),
-        ]);
-        let resp = read_retry().retry(|| client.txn(read.clone())).await?;
-        let read_revision = resp.header().map_or(0, |h| h.revision());
-        let gets: Vec<_> = resp
-            .op_responses()
-            .into_iter()
-            .filter_map(|r| match r {
-                TxnOpResponse::Get(get) => Some(get),
-                _ => None,
-            })
-            .collect();
-        let [mine, older, stored] = gets.as_slice() else {
-            return Err(Error::Aborted);
+        // etcd's Range `count` ignores the create-revision filter, so the rank is read as a window
+        // of the newest older keys: fewer than `limit` of them means a permit (semaphore.md §2).
+        let mut window = match self.limit {
+            Limit::Fixed(n) | Limit::Stored { default: n } => n,
         };
-        let me = mine.kvs().first().filter(|kv| kv.create_revision() == revision);
-        let Some(me) = me else {
-            // Our key is gone: the session expired, or an operator removed it.
-            return Err(session_gone_or_removed(&self.session, ownership));
-        };
-        let limit = match self.limit {
-            Limit::Fixed(n) => n,
-            Limit::Stored { default } => parse_limit(stored.kvs().first().map(|kv| kv.value()), default),
-        };
-        let rank = u64::try_from(older.count()).unwrap_or(u64::MAX);
-        if rank < u64::from(limit) {
-            if !Record::decode(me.value()).is_some_and(|r| r.held) || lease.changes_on_grant() {
-                self.mark_held(ownership, holder, lease).await?;
+        loop {
+            let read = Txn::new().and_then([
+                TxnOp::get(key.clone(), None),
+                TxnOp::get(self.prefix.clone(), Some(older_window(revision, window))),
+                TxnOp::get(self.limit_key.clone(), None),
+            ]);
+            let resp = read_retry().retry(|| client.txn(read.clone())).await?;
+            let read_revision = resp.header().map_or(0, |h| h.revision());
+            let gets: Vec<_> = resp
+                .op_responses()
+                .into_iter()
+                .filter_map(|r| match r {
+                    TxnOpResponse::Get(get) => Some(get),
+                    _ => None,
+                })
+                .collect();
+            let [mine, older, stored] = gets.as_slice() else {
+                return Err(Error::Aborted);
+            };
+            let me = mine
+                .kvs()
+                .first()
+                .filter(|kv| kv.create_revision() == revision);
+            let Some(me) = me else {
+                // Our key is gone: the session expired, or an operator removed it.
+                return Err(session_gone_or_removed(&self.session, ownership).await);
+            };
+            let limit = match self.limit {
+                Limit::Fixed(n) => n,
+                Limit::Stored { default } => {
+                    parse_limit(stored.kvs().first().map(|kv| kv.value()), default)
+                }
+            };
+            let seen = u32::try_from(older.kvs().len()).unwrap_or(u32::MAX);
+            if seen >= window && limit > window {
+                // The stored limit is larger than the window read: read a window that large.
+                window = limit;
+                continue;
             }
-            return Ok(Place::Granted);
-        }
-        match older.kvs().first() {
-            Some(predecessor) if Record::decode(predecessor.value()).is_some_and(|r| !r.held) => {
-                Ok(Place::Behind { predecessor: predecessor.key().to_vec(), read_revision })
+            if seen < limit {
+                if !Record::decode(me.value()).is_some_and(|r| r.held) || lease.changes_on_grant() {
+                    self.mark_held(ownership, holder, lease).await?;
+                }
+                return Ok(Place::Granted);
             }
-            _ => Ok(Place::First { read_revision }),
+            return match older.kvs().first() {
+                Some(predecessor)
+                    if Record::decode(predecessor.value()).is_some_and(|r| !r.held) =>
+                {
+                    Ok(Place::Behind {
+                        predecessor: predecessor.key().to_vec(),
+                        read_revision,
+                    })
+                }
+                _ => Ok(Place::First { read_revision }),
+            };
         }
     }
 
@@ -626,7 +715,7 @@ impl Semaphore {
         if client.txn(txn).await?.succeeded() {
             Ok(())
         } else {
-            Err(session_gone_or_removed(&self.session, ownership))
+            Err(session_gone_or_removed(&self.session, ownership).await)
         }
     }
 }
@@ -649,27 +738,21 @@ impl KeyLease {
     }
 }
 
+/// The newest `n` keys created before `revision`, newest first.
+fn older_window(revision: i64, n: u32) -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Descend)
+        .with_max_create_revision(revision - 1)
+        .with_limit(i64::from(n))
+}
+
 fn parse_limit(value: Option<&[u8]>, default: u32) -> u32 {
     value
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.trim().parse::<u32>().ok())
         .filter(|&n| (1..=MAX_LIMIT).contains(&n))
         .unwrap_or(default)
-}
-
-fn session_gone(session: &Session) -> Error {
-    match session.check_alive() {
-        Err(e) => e.into(),
-        Ok(()) => CoreError::SessionLost { lease_id: session.lease_id() }.into(),
-    }
-}
-
-fn session_gone_or_removed(session: &Session, ownership: &Ownership) -> Error {
-    if session.is_alive() {
-        Error::NotHeld { key: ownership.key_str().unwrap_or_default().to_owned() }
-    } else {
-        session_gone(session)
-    }
 }
 
 /// A session-bound permit of a [`Semaphore`]. Dropping it releases the permit in the background;
@@ -744,7 +827,9 @@ impl Permit {
         if deleted {
             Ok(())
         } else {
-            Err(Error::NotHeld { key: self.key().to_owned() })
+            Err(Error::NotHeld {
+                key: self.key().to_owned(),
+            })
         }
     }
 }

@@ -1,0 +1,427 @@
+//! Semaphore behaviour against a real etcd (one shared server for this binary).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests: failing loudly is the point
+
+mod common;
+
+use std::time::Duration;
+
+use common::{BOUND, queue_len_becomes, session, shared_client};
+use coord_core::Error as CoreError;
+use coord_core::etcd_client::GetOptions;
+use coord_lock::{Durability, Error, Limit, MAX_LIMIT, Semaphore};
+
+async fn count(client: &coord_core::Client, prefix: &str) -> i64 {
+    client
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap()
+        .count()
+}
+
+#[tokio::test]
+async fn at_most_limit_holders_are_granted_in_fifo_order() {
+    let client = shared_client("sem_fifo").await;
+    let s: Vec<_> = futures_sessions(&client, 4).await;
+    let sems: Vec<_> = s
+        .iter()
+        .map(|s| Semaphore::new(s, "slots", Limit::Fixed(2)).unwrap())
+        .collect();
+    let prefix = sems[0].prefix().to_owned();
+
+    let p0 = sems[0].acquire().await.unwrap();
+    let p1 = sems[1].acquire().await.unwrap();
+    let w2 = tokio::spawn({
+        let sem = sems[2].clone();
+        async move { sem.acquire().await }
+    });
+    queue_len_becomes(&client, &prefix, 3).await;
+    let w3 = tokio::spawn({
+        let sem = sems[3].clone();
+        async move { sem.acquire().await }
+    });
+    queue_len_becomes(&client, &prefix, 4).await;
+    assert_eq!(sems[0].holders().await.unwrap().len(), 2);
+
+    p0.release().await.unwrap();
+    let p2 = tokio::time::timeout(BOUND, w2)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        !w3.is_finished(),
+        "the fourth must wait: only one slot was freed"
+    );
+    let holders = sems[0].holders().await.unwrap();
+    assert_eq!(
+        holders.iter().map(|h| h.token).collect::<Vec<_>>(),
+        vec![p1.token(), p2.token()]
+    );
+
+    p1.release().await.unwrap();
+    let p3 = tokio::time::timeout(BOUND, w3)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    p2.release().await.unwrap();
+    p3.release().await.unwrap();
+    assert_eq!(count(&client, &prefix).await, 0);
+}
+
+async fn futures_sessions(client: &coord_core::Client, n: usize) -> Vec<coord_core::Session> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(session(client).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn try_acquire_on_a_full_semaphore_leaves_nothing_behind() {
+    let client = shared_client("sem_try").await;
+    let (a, b) = (session(&client).await, session(&client).await);
+    let held = Semaphore::new(&a, "slots", Limit::Fixed(1))
+        .unwrap()
+        .acquire()
+        .await
+        .unwrap();
+    let other = Semaphore::new(&b, "slots", Limit::Fixed(1)).unwrap();
+
+    assert!(matches!(
+        other.try_acquire().await,
+        Err(Error::WouldBlock { .. })
+    ));
+    assert_eq!(count(&client, other.prefix()).await, 1);
+    held.release().await.unwrap();
+    other.try_acquire().await.unwrap().release().await.unwrap();
+}
+
+#[tokio::test]
+async fn holders_lists_id_token_and_time() {
+    let client = shared_client("sem_holders").await;
+    let a = session(&client).await;
+    let sem = Semaphore::new(&a, "slots", Limit::Fixed(3)).unwrap();
+    let before = std::time::SystemTime::now() - Duration::from_secs(1);
+    let permit = sem.acquire().await.unwrap();
+    let slot = sem
+        .acquire_as("node-7", Durability::UntilReleased)
+        .await
+        .unwrap();
+
+    let holders = sem.holders().await.unwrap();
+    assert_eq!(holders.len(), 2);
+    assert_eq!(holders[0].id, a.lease_id().to_string());
+    assert_eq!(holders[0].token, permit.token());
+    assert!(!holders[0].durable);
+    assert_eq!(holders[1].id, "node-7");
+    assert_eq!(holders[1].token, slot.token());
+    assert!(holders[1].durable);
+    assert_eq!(holders[1].lease, 0);
+    assert!(holders.iter().all(|h| h.held && h.since >= before));
+}
+
+#[tokio::test]
+async fn raising_the_stored_limit_wakes_waiters_and_lowering_never_evicts() {
+    let client = shared_client("sem_set_limit").await;
+    let s = futures_sessions(&client, 4).await;
+    let sems: Vec<_> = s
+        .iter()
+        .map(|s| Semaphore::new(s, "slots", Limit::Stored { default: 1 }).unwrap())
+        .collect();
+    let prefix = sems[0].prefix().to_owned();
+    assert_eq!(sems[0].limit().await.unwrap(), 1);
+
+    let p0 = sems[0].acquire().await.unwrap();
+    let w1 = tokio::spawn({
+        let sem = sems[1].clone();
+        async move { sem.acquire().await }
+    });
+    queue_len_becomes(&client, &prefix, 2).await;
+    let w2 = tokio::spawn({
+        let sem = sems[2].clone();
+        async move { sem.acquire().await }
+    });
+    queue_len_becomes(&client, &prefix, 3).await;
+
+    sems[3].set_limit(3).await.unwrap();
+    let p1 = tokio::time::timeout(BOUND, w1)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let p2 = tokio::time::timeout(BOUND, w2)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    sems[3].set_limit(1).await.unwrap();
+    assert_eq!(
+        sems[0].holders().await.unwrap().len(),
+        3,
+        "lowering the limit evicted a holder"
+    );
+    let w3 = tokio::spawn({
+        let sem = sems[3].clone();
+        async move { sem.acquire().await }
+    });
+    queue_len_becomes(&client, &prefix, 4).await;
+    p0.release().await.unwrap();
+    p1.release().await.unwrap();
+    queue_len_becomes(&client, &prefix, 2).await;
+    assert!(!w3.is_finished(), "one holder is left and the limit is 1");
+    p2.release().await.unwrap();
+    tokio::time::timeout(BOUND, w3)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_fixed_limit_cannot_be_set() {
+    let client = shared_client("sem_fixed").await;
+    let a = session(&client).await;
+    let sem = Semaphore::new(&a, "slots", Limit::Fixed(2)).unwrap();
+    assert!(matches!(
+        sem.set_limit(3).await,
+        Err(Error::Core(CoreError::InvalidConfig { field: "limit", .. }))
+    ));
+}
+
+#[tokio::test]
+async fn durable_holders_are_idempotent_and_outlive_the_session() {
+    let client = shared_client("sem_durable").await;
+    let a = session(&client).await;
+    let sem = Semaphore::new(&a, "reboot", Limit::Fixed(1)).unwrap();
+
+    let first = sem
+        .acquire_as("node-1", Durability::UntilReleased)
+        .await
+        .unwrap();
+    let again = sem
+        .try_acquire_as("node-1", Durability::UntilReleased)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.token(),
+        again.token(),
+        "a second acquire must not take a second slot"
+    );
+    assert!(matches!(
+        sem.try_acquire_as("node-2", Durability::UntilReleased)
+            .await,
+        Err(Error::WouldBlock { .. })
+    ));
+    assert_eq!(count(&client, sem.prefix()).await, 1);
+
+    a.close().await.unwrap();
+    let b = session(&client).await;
+    let sem = Semaphore::new(&b, "reboot", Limit::Fixed(1)).unwrap();
+    assert_eq!(
+        sem.holders().await.unwrap()[0].id,
+        "node-1",
+        "the slot died with the session"
+    );
+
+    sem.release_as("node-1").await.unwrap();
+    sem.release_as("node-1").await.unwrap(); // releasing a non-held id succeeds
+    sem.try_acquire_as("node-2", Durability::UntilReleased)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn durable_holders_with_an_expiry_go_away_on_their_own() {
+    let client = shared_client("sem_expiry").await;
+    let a = session(&client).await;
+    let sem = Semaphore::new(&a, "reboot", Limit::Fixed(1)).unwrap();
+    let slot = sem
+        .try_acquire_as("node-1", Durability::Expires(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let lease = client.get(slot.key(), None).await.unwrap().kvs()[0].lease();
+    assert_ne!(lease, 0);
+    assert_ne!(
+        lease,
+        a.lease_id().get(),
+        "a durable slot must not be bound to the caller's session"
+    );
+
+    let rev = client
+        .get(slot.key(), None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    tokio::time::timeout(
+        BOUND,
+        coord_core::watch::wait_deleted(&client, slot.key(), rev + 1),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    sem.try_acquire_as("node-2", Durability::UntilReleased)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn session_and_durable_holders_share_the_limit() {
+    let client = shared_client("sem_mixed").await;
+    let (a, b) = (session(&client).await, session(&client).await);
+    let ops = Semaphore::new(&a, "reboot", Limit::Fixed(1)).unwrap();
+    ops.acquire_as("node-1", Durability::UntilReleased)
+        .await
+        .unwrap();
+
+    let sem = Semaphore::new(&b, "reboot", Limit::Fixed(1)).unwrap();
+    let waiting = tokio::spawn(async move { sem.acquire().await });
+    queue_len_becomes(&client, ops.prefix(), 2).await;
+    ops.release_as("node-1").await.unwrap();
+    let permit = tokio::time::timeout(BOUND, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    permit.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn force_release_removes_a_session_holder_and_its_permit_reports_loss() {
+    let client = shared_client("sem_force").await;
+    let a = session(&client).await;
+    let sem = Semaphore::new(&a, "slots", Limit::Fixed(1)).unwrap();
+    let permit = sem.acquire().await.unwrap();
+
+    assert!(sem.force_release(&a.lease_id().to_string()).await.unwrap());
+    tokio::time::timeout(BOUND, permit.lost())
+        .await
+        .expect("loss not reported");
+    assert!(matches!(permit.release().await, Err(Error::NotHeld { .. })));
+    assert!(!sem.force_release("nobody").await.unwrap());
+}
+
+#[tokio::test]
+async fn a_waiter_behind_one_that_leaves_is_still_woken() {
+    let client = shared_client("sem_leave").await;
+    let s = futures_sessions(&client, 4).await;
+    let sems: Vec<_> = s
+        .iter()
+        .map(|s| Semaphore::new(s, "slots", Limit::Fixed(1)).unwrap())
+        .collect();
+    let prefix = sems[0].prefix().to_owned();
+
+    let held = sems[0].acquire().await.unwrap();
+    let cancelled = tokio::spawn({
+        let sem = sems[1].clone();
+        async move { sem.acquire().await }
+    });
+    queue_len_becomes(&client, &prefix, 2).await;
+    let expiring = tokio::spawn({
+        let sem = sems[2].clone();
+        async move { sem.acquire().await }
+    });
+    queue_len_becomes(&client, &prefix, 3).await;
+    let last = tokio::spawn({
+        let sem = sems[3].clone();
+        async move { sem.acquire().await }
+    });
+    queue_len_becomes(&client, &prefix, 4).await;
+
+    // The two waiters ahead of the last one leave: one cancels, one's session expires.
+    cancelled.abort();
+    client.lease_revoke(s[2].lease_id()).await.unwrap();
+    queue_len_becomes(&client, &prefix, 2).await;
+    assert!(
+        tokio::time::timeout(BOUND, expiring)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err()
+            .is_session_lost()
+    );
+
+    held.release().await.unwrap();
+    let permit = tokio::time::timeout(BOUND, last)
+        .await
+        .expect("missed wake-up")
+        .unwrap()
+        .unwrap();
+    permit.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_and_nothing_is_written() {
+    let client = shared_client("sem_bad_input").await;
+    let a = session(&client).await;
+    let invalid_config = |r: Result<Semaphore, Error>| {
+        matches!(r, Err(Error::Core(CoreError::InvalidConfig { .. })))
+    };
+    assert!(invalid_config(Semaphore::new(&a, "s", Limit::Fixed(0))));
+    assert!(invalid_config(Semaphore::new(
+        &a,
+        "s",
+        Limit::Fixed(MAX_LIMIT + 1)
+    )));
+    assert!(invalid_config(Semaphore::new(
+        &a,
+        "s",
+        Limit::Stored { default: 0 }
+    )));
+    assert!(matches!(
+        Semaphore::new(&a, "s/", Limit::Fixed(1)),
+        Err(Error::Core(CoreError::InvalidName { .. }))
+    ));
+
+    let sem = Semaphore::new(&a, "s", Limit::Stored { default: 1 }).unwrap();
+    for id in ["", "a/b", "a\0b"] {
+        let err = sem
+            .acquire_as(id, Durability::UntilReleased)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Core(CoreError::InvalidName { .. })),
+            "{id:?}: {err:?}"
+        );
+    }
+    let err = sem
+        .acquire_as("node", Durability::Expires(Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Core(CoreError::InvalidConfig {
+                field: "expiry",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert!(matches!(
+        sem.set_limit(0).await,
+        Err(Error::Core(CoreError::InvalidConfig { .. }))
+    ));
+    assert!(matches!(
+        sem.release_as("a/b").await,
+        Err(Error::Core(CoreError::InvalidName { .. }))
+    ));
+
+    let everything = client
+        .get(
+            client.namespace(),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(everything.count(), 0);
+}
