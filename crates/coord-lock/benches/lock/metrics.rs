@@ -57,7 +57,9 @@ impl Scrape {
                 metric == name && wanted.iter().all(|label| has_label(rest, label))
             })
             .map(|(_, value)| value)
-            .sum()
+            // An empty f64 sum is -0.0; print it as 0.
+            .sum::<f64>()
+            + 0.0
     }
 }
 
