@@ -198,12 +198,8 @@ impl Mutex {
             }),
             local: Some(local),
         };
-        let enqueued: Enqueued = match &mut cleanup.pending {
-            Some(Pending::InFlight { task, .. }) => task.await.map_err(|_| Error::Aborted)??,
-            _ => return Err(Error::Aborted),
-        };
+        let enqueued: Enqueued = queue::settle(&mut cleanup).await?;
         let ownership = Ownership::new(self.key.clone(), enqueued.revision);
-        cleanup.pending = Some(Pending::Known(ownership.clone()));
 
         if enqueued.first != Some(enqueued.revision) {
             if !wait {

@@ -68,7 +68,14 @@ pub(crate) fn enqueue(
                 TxnOp::get(key.clone(), None),
                 TxnOp::get(prefix, Some(first_by_create())),
             ]);
-        let resp = client.txn(txn).await?;
+        let resp = match client.txn(txn).await {
+            Ok(resp) => resp,
+            // The put names a lease that is gone: the session expired under us.
+            Err(e) if is_lease_not_found(&e) => {
+                return Err(CoreError::SessionLost { lease_id: lease }.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let header_revision = resp.header().map_or(0, |h| h.revision());
         let responses = resp.op_responses();
         let first = match responses.get(1) {
@@ -90,6 +97,35 @@ pub(crate) fn enqueue(
             first,
         })
     })
+}
+
+fn is_lease_not_found(e: &CoreError) -> bool {
+    matches!(e, CoreError::Etcd { source, .. } if source.to_string().contains("requested lease not found"))
+}
+
+/// Waits for the in-flight enqueue of `cleanup` and records what is owed if the caller gives up:
+/// the exact key on success, "whatever this lease left under that key" when the outcome is unknown.
+pub(crate) async fn settle(cleanup: &mut Cleanup<'_>) -> Result<Enqueued> {
+    let (key, outcome) = match &mut cleanup.pending {
+        Some(Pending::InFlight { key, task }) => (key.clone(), task.await),
+        _ => return Err(Error::Aborted),
+    };
+    match outcome {
+        Ok(Ok(enqueued)) => {
+            cleanup.pending = Some(Pending::Known(Ownership::new(key, enqueued.revision)));
+            Ok(enqueued)
+        }
+        Ok(Err(error)) => {
+            // A timeout may hide an applied put: remove a key of ours if there is one.
+            let lease = cleanup.session.lease_id();
+            cleanup.pending = Some(Pending::Unknown { key, lease });
+            Err(error)
+        }
+        Err(_) => {
+            cleanup.pending = None;
+            Err(Error::Aborted)
+        }
+    }
 }
 
 /// Deletes the key only if it is still the one created at `ownership`'s revision, so a stale
@@ -121,9 +157,16 @@ pub(crate) fn release_in_background(
             Pending::Known(ownership) => ownership,
             Pending::InFlight { key, task } => match task.await {
                 Ok(Ok(enqueued)) if enqueued.revision > 0 => Ownership::new(key, enqueued.revision),
+                Ok(Err(_)) => {
+                    let lease = session.lease_id();
+                    return remove_if_leased(&session, key, lease, local).await;
+                }
                 // Never applied: nothing to remove.
                 _ => return drop(local),
             },
+            Pending::Unknown { key, lease } => {
+                return remove_if_leased(&session, key, lease, local).await;
+            }
         };
         let policy = RetryPolicy::new().with_max_elapsed(Some(session.ttl()));
         let attempt = policy.retry(|| release(session.client(), &ownership));
@@ -139,9 +182,28 @@ pub(crate) fn release_in_background(
     });
 }
 
+/// Deletes `key` if it is attached to the session's lease (an enqueue whose outcome is unknown).
+async fn remove_if_leased(
+    session: &Session,
+    key: String,
+    lease: LeaseId,
+    local: Option<OwnedMutexGuard<()>>,
+) {
+    let lease = lease.get();
+    let txn = Txn::new()
+        .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+        .and_then([TxnOp::delete(key, None)]);
+    if let Err(error) = session.client().txn(txn).await {
+        tracing::debug!(%error, "could not remove a queue key of unknown state; it goes with the session");
+    }
+    drop(local);
+}
+
 /// A queue key whose release is still owed.
 #[derive(Debug)]
 pub(crate) enum Pending {
+    /// The acquire transaction failed in a way that hides whether its put was applied.
+    Unknown { key: String, lease: LeaseId },
     /// The acquire transaction was sent but its outcome is not known yet.
     InFlight {
         key: String,

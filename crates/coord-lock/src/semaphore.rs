@@ -281,12 +281,8 @@ impl Semaphore {
             }),
             local: Some(local),
         };
-        let enqueued = match &mut cleanup.pending {
-            Some(Pending::InFlight { task, .. }) => task.await.map_err(|_| Error::Aborted)??,
-            _ => return Err(Error::Aborted),
-        };
+        let enqueued = queue::settle(&mut cleanup).await?;
         let ownership = Ownership::new(self.key.clone(), enqueued.revision);
-        cleanup.pending = Some(Pending::Known(ownership.clone()));
         let lease = KeyLease::Keep;
         if wait {
             self.wait_for_grant(&ownership, &holder, lease).await?;
@@ -376,10 +372,7 @@ impl Semaphore {
             }),
             local: None,
         };
-        let enqueued = match &mut cleanup.pending {
-            Some(Pending::InFlight { task, .. }) => task.await.map_err(|_| Error::Aborted)??,
-            _ => return Err(Error::Aborted),
-        };
+        let enqueued = queue::settle(&mut cleanup).await?;
         let ownership = Ownership::new(key.clone(), enqueued.revision);
         let already_held = enqueued
             .existing_value
