@@ -204,7 +204,7 @@ impl Health {
 }
 
 pub(crate) async fn run(bench: &Bench, report: &mut Report) {
-    let plan = bench.plan(4.0, 3);
+    let plan = bench.plan(4.0, 4);
     let namespace = coord_testkit::unique_namespace("bench-semaphore");
     let cas_key = format!("{namespace}cas-semaphore");
     let conflicts = Arc::new(AtomicU64::new(0));

@@ -82,7 +82,7 @@ impl Variant {
 }
 
 pub(crate) async fn run(bench: &Bench, report: &mut Report) {
-    let plan = bench.plan(2.0, 5);
+    let plan = bench.plan(2.0, 6);
     let namespace = coord_testkit::unique_namespace("bench-uncontended");
     let mut variants = Vec::new();
     for label in ["raw floor", "coord Mutex", "server Lock RPC"] {
