@@ -64,11 +64,9 @@ async fn mutual_tls_requires_the_client_certificate() {
         .unwrap();
     let err = without.get("mtls-key", None).await.unwrap_err();
     assert!(matches!(err, Error::Tls { .. }), "{err:?}");
-    assert!(
-        error_chain(&err).contains("CertificateRequired"),
-        "{}",
-        error_chain(&err)
-    );
+    // etcd 3.7 answers "CertificateRequired" (TLS 1.3), 3.5 "BadCertificate".
+    let chain = error_chain(&err);
+    assert!(chain.contains("Certificate"), "{chain}");
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
