@@ -49,8 +49,21 @@ use crate::{Client, Error, Result, RetryPolicy};
 /// }
 /// # Ok(()) }
 /// ```
-pub async fn wait_deleted(client: &Client, key: impl Into<Vec<u8>>, start_revision: i64) -> Result<i64> {
-    first_event(client, Target { key: key.into(), range_end: None, deletes_only: true }, start_revision).await
+pub async fn wait_deleted(
+    client: &Client,
+    key: impl Into<Vec<u8>>,
+    start_revision: i64,
+) -> Result<i64> {
+    first_event(
+        client,
+        Target {
+            key: key.into(),
+            range_end: None,
+            deletes_only: true,
+        },
+        start_revision,
+    )
+    .await
 }
 
 /// Waits until `key` is written or deleted at or after `start_revision`, and returns the revision
@@ -63,8 +76,21 @@ pub async fn wait_deleted(client: &Client, key: impl Into<Vec<u8>>, start_revisi
 /// # Cancel safety
 ///
 /// Cancel safe.
-pub async fn wait_changed(client: &Client, key: impl Into<Vec<u8>>, start_revision: i64) -> Result<i64> {
-    first_event(client, Target { key: key.into(), range_end: None, deletes_only: false }, start_revision).await
+pub async fn wait_changed(
+    client: &Client,
+    key: impl Into<Vec<u8>>,
+    start_revision: i64,
+) -> Result<i64> {
+    first_event(
+        client,
+        Target {
+            key: key.into(),
+            range_end: None,
+            deletes_only: false,
+        },
+        start_revision,
+    )
+    .await
 }
 
 /// Waits until any key under `prefix` is deleted at or after `start_revision`, and returns the
@@ -77,10 +103,23 @@ pub async fn wait_changed(client: &Client, key: impl Into<Vec<u8>>, start_revisi
 /// # Cancel safety
 ///
 /// Cancel safe.
-pub async fn wait_prefix_deleted(client: &Client, prefix: impl Into<Vec<u8>>, start_revision: i64) -> Result<i64> {
+pub async fn wait_prefix_deleted(
+    client: &Client,
+    prefix: impl Into<Vec<u8>>,
+    start_revision: i64,
+) -> Result<i64> {
     let key = prefix.into();
     let range_end = Some(crate::keys::prefix_range_end(&key));
-    first_event(client, Target { key, range_end, deletes_only: true }, start_revision).await
+    first_event(
+        client,
+        Target {
+            key,
+            range_end,
+            deletes_only: true,
+        },
+        start_revision,
+    )
+    .await
 }
 
 struct Target {
@@ -89,25 +128,45 @@ struct Target {
     deletes_only: bool,
 }
 
+/// Waits for the first matching event at or after `start_revision`.
+///
+/// etcd serves a watch whose start revision is not newer than its current revision from the
+/// "unsynced" group, which a 100 ms loop catches up — even for events that happen later. So the
+/// wait opens a *live* watch (no start revision: synced, events after its creation revision `C`
+/// arrive at once) and, only when revisions were committed between `start_revision` and `C`, a
+/// second *gap* watch from `start_revision` on the same stream for the events that already happened.
 async fn first_event(client: &Client, target: Target, start_revision: i64) -> Result<i64> {
     let mut next = start_revision;
     let mut backoff = reconnect_backoff();
     loop {
-        let mut options = WatchOptions::new().with_start_revision(next).with_progress_notify();
-        if target.deletes_only {
-            options = options.with_filters([WatchFilterType::NoPut]);
-        }
-        if let Some(end) = &target.range_end {
-            options = options.with_range(end.clone());
-        }
-        let mut stream = match client.etcd().watch_client().watch(target.key.clone(), Some(options)).await {
+        let options = |start: Option<i64>| {
+            let mut options = WatchOptions::new().with_progress_notify();
+            if let Some(start) = start {
+                options = options.with_start_revision(start);
+            }
+            if target.deletes_only {
+                options = options.with_filters([WatchFilterType::NoPut]);
+            }
+            if let Some(end) = &target.range_end {
+                options = options.with_range(end.clone());
+            }
+            options
+        };
+        let mut stream = match client
+            .etcd()
+            .watch_client()
+            .watch(target.key.clone(), Some(options(None)))
+            .await
+        {
             Ok(stream) => stream,
             Err(source) => {
-                let error = Error::from_etcd("watch", source);
-                retry_or_fail(error, &mut backoff).await?;
+                retry_or_fail(Error::from_etcd("watch", source), &mut backoff).await?;
                 continue;
             }
         };
+        // Watch ids: the live watch is created first on this stream; the gap watch (if any) second.
+        let mut live: Option<i64> = None;
+        let mut gap_open = false;
         loop {
             let resp = match stream.message().await {
                 Ok(Some(resp)) => resp,
@@ -116,28 +175,53 @@ async fn first_event(client: &Client, target: Target, start_revision: i64) -> Re
                     break;
                 }
                 Err(source) => {
-                    let error = Error::from_etcd("watch", source);
-                    retry_or_fail(error, &mut backoff).await?;
+                    retry_or_fail(Error::from_etcd("watch", source), &mut backoff).await?;
                     break;
                 }
             };
             if resp.compact_revision() > 0 {
-                return Err(Error::Compacted { requested: next, compact_revision: resp.compact_revision() });
+                return Err(Error::Compacted {
+                    requested: next,
+                    compact_revision: resp.compact_revision(),
+                });
             }
             if resp.canceled() {
-                return Err(Error::WatchCancelled { reason: resp.cancel_reason().to_owned() });
+                return Err(Error::WatchCancelled {
+                    reason: resp.cancel_reason().to_owned(),
+                });
             }
             backoff = reconnect_backoff();
-            for event in resp.events() {
-                let revision = event.kv().map_or(next, |kv| kv.mod_revision());
-                if !target.deletes_only || event.event_type() == EventType::Delete {
-                    return Ok(revision);
+            if resp.created() && live.is_none() {
+                live = Some(resp.watch_id());
+                let created_at = resp.header().map_or(i64::MAX, |h| h.revision());
+                if created_at >= next {
+                    // Revisions [next, created_at] were committed before the live watch existed.
+                    if let Err(source) = stream
+                        .watch(target.key.clone(), Some(options(Some(next))))
+                        .await
+                    {
+                        retry_or_fail(Error::from_etcd("watch", source), &mut backoff).await?;
+                        break;
+                    }
+                    gap_open = true;
+                } else {
+                    next = created_at + 1;
                 }
-                next = next.max(revision + 1);
+                continue;
             }
-            // A progress notification (no events, not the creation reply) promises that every event
-            // up to its header revision has been delivered.
-            if resp.events().is_empty() && !resp.created() {
+            for event in resp.events() {
+                if !target.deletes_only || event.event_type() == EventType::Delete {
+                    return Ok(event.kv().map_or(next, |kv| kv.mod_revision()));
+                }
+            }
+            // Progress (no events, not a creation reply) on the watch that covers `next` promises
+            // that every event up to its header revision has been delivered: resume after it.
+            let covers_next = if gap_open {
+                Some(resp.watch_id()) != live
+            } else {
+                true
+            };
+            if resp.events().is_empty() && !resp.created() && covers_next {
                 if let Some(header) = resp.header() {
                     next = next.max(header.revision() + 1);
                 }

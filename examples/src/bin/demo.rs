@@ -3,16 +3,16 @@
 //! Run it with `cargo xtask demo`. It starts its own etcd (from the `etcd-bin-vendored` crate) unless
 //! `COORD_ENDPOINTS` (or `ETCDCTL_ENDPOINTS`) points at one.
 //!
-//! coord's own Mutex and Election are not written yet; until then the demo takes the lock and runs
-//! the election through the etcd server's Lock and Campaign RPCs — Go's `concurrency` package running
-//! inside etcd — bound to coord sessions, and guards its writes with coord's fencing compares. The key
-//! layout they produce is the one coord's primitives will share (docs/wire-format.md).
+//! The lock is coord's own `Mutex` (wire-compatible with Go's). coord's Election is not written yet;
+//! until then the demo runs the election through the etcd server's Campaign RPC — Go's `concurrency`
+//! package running inside etcd — bound to coord sessions. Writes are guarded with fencing compares.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use coord_core::etcd_client::{LockOptions, Txn, TxnOp};
+use coord_core::etcd_client::{Txn, TxnOp};
 use coord_core::{Client, ClientConfig, Ownership, Session};
+use coord_lock::Mutex;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -67,52 +67,39 @@ async fn sessions(client: &Client) -> anyhow::Result<()> {
 }
 
 async fn lock_and_fencing(client: &Client) -> anyhow::Result<()> {
-    println!("\n== a lock, and a fenced write ==");
+    println!("\n== a lock (coord_lock::Mutex), and a fenced write ==");
     let alice = Session::new(client.clone(), Duration::from_secs(5)).await?;
     let bob = Session::new(client.clone(), Duration::from_secs(5)).await?;
-    let name = client.key("locks/report");
 
-    let mut locks = client.etcd().lock_client();
-    let held = locks
-        .lock(
-            name.clone(),
-            Some(LockOptions::new().with_lease(alice.lease_id().get())),
-        )
-        .await?;
-    let alice_key = String::from_utf8_lossy(held.key()).into_owned();
-    let alice_owns = ownership(client, &alice_key).await?;
+    let held = Mutex::new(&alice, "locks/report")?.lock().await?;
+    let alice_owns = held.ownership().clone();
     println!(
-        "alice holds {alice_key} (fencing token {})",
-        alice_owns.token()
+        "alice holds {} (fencing token {})",
+        held.key(),
+        held.token()
     );
 
-    let mut bob_locks = client.etcd().lock_client();
-    let bob_lease = bob.lease_id().get();
+    let bob_mutex = Mutex::new(&bob, "locks/report")?;
     let bob_wait = tokio::spawn(async move {
-        let started = Instant::now();
-        let resp = bob_locks
-            .lock(name, Some(LockOptions::new().with_lease(bob_lease)))
-            .await;
-        resp.map(|r| {
-            (
-                String::from_utf8_lossy(r.key()).into_owned(),
-                started.elapsed(),
-            )
-        })
+        let guard = bob_mutex.lock().await;
+        guard.map(|g| (g, Instant::now()))
     });
 
     println!(
         "alice writes, guarded by her ownership: applied = {}",
         fenced_write(client, &alice_owns, "alice").await?
     );
-    println!("alice's session ends (think: a long GC pause past the TTL)…");
+    println!("alice's session is closed (as if it expired during a long pause)…");
+    let released = Instant::now();
+    std::mem::forget(held); // the session's end, not an unlock, takes the lock away
     alice.close().await?;
 
-    let (bob_key, waited) = bob_wait.await??;
-    let bob_owns = ownership(client, &bob_key).await?;
+    let (bob_guard, acquired) = bob_wait.await??;
     println!(
-        "bob got the lock after {waited:?}: {bob_key} (token {})",
-        bob_owns.token()
+        "bob got the lock {:?} after alice's lease was revoked: {} (token {})",
+        acquired.duration_since(released),
+        bob_guard.key(),
+        bob_guard.token()
     );
     println!(
         "alice wakes up and writes: applied = {}",
@@ -120,8 +107,9 @@ async fn lock_and_fencing(client: &Client) -> anyhow::Result<()> {
     );
     println!(
         "bob writes: applied = {}",
-        fenced_write(client, &bob_owns, "bob").await?
+        fenced_write(client, bob_guard.ownership(), "bob").await?
     );
+    bob_guard.unlock().await?;
     bob.close().await?;
     Ok(())
 }
@@ -162,12 +150,6 @@ async fn election(client: &Client) -> anyhow::Result<()> {
     first.close().await?;
     second.close().await?;
     Ok(())
-}
-
-async fn ownership(client: &Client, key: &str) -> anyhow::Result<Ownership> {
-    let resp = client.get(key, None).await?;
-    let kv = resp.kvs().first().context("lock key vanished")?;
-    Ok(Ownership::new(key, kv.create_revision()))
 }
 
 async fn fenced_write(client: &Client, owner: &Ownership, who: &str) -> anyhow::Result<bool> {
