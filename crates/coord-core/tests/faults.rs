@@ -157,7 +157,7 @@ async fn session_survives_the_loss_of_each_member_in_turn() {
         .chain((0..3).filter(|&i| i != leader))
         .collect();
     for i in order {
-        cluster.kill(i);
+        cluster.kill(i).unwrap();
         // Stay down for a full TTL: the session must keep the lease through the survivors.
         let changed = tokio::time::timeout(session.ttl(), state.changed()).await;
         assert!(

@@ -44,7 +44,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let mut cluster = coord_testkit::EtcdCluster::start(3).await?;
 /// let old = cluster.leader().await?;
-/// cluster.kill(old);
+/// cluster.kill(old)?;
 /// let new = cluster.leader().await?; // waits for the election
 /// assert_ne!(old, new);
 /// cluster.restart(old).await?;
@@ -105,38 +105,30 @@ impl EtcdCluster {
 
     /// The client URL of member `i`, `http://127.0.0.1:PORT`.
     ///
-    /// # Panics
-    ///
-    /// If `i >= len()`, like slice indexing.
-    pub fn endpoint(&self, i: usize) -> String {
-        self.members[i].endpoint()
+    /// `None` if `i >= len()`.
+    pub fn endpoint(&self, i: usize) -> Option<String> {
+        self.members.get(i).map(Member::endpoint)
     }
 
     /// The client listener address of member `i`, e.g. for a [`FaultProxy`](crate::FaultProxy).
     ///
-    /// # Panics
-    ///
-    /// If `i >= len()`, like slice indexing.
-    pub fn client_addr(&self, i: usize) -> SocketAddr {
-        self.members[i].client_addr()
+    /// `None` if `i >= len()`.
+    pub fn client_addr(&self, i: usize) -> Option<SocketAddr> {
+        self.members.get(i).map(Member::client_addr)
     }
 
     /// The plain-HTTP metrics URL of member `i` (serves `/health` and `/metrics`).
     ///
-    /// # Panics
-    ///
-    /// If `i >= len()`, like slice indexing.
-    pub fn metrics_url(&self, i: usize) -> String {
-        self.members[i].metrics_url()
+    /// `None` if `i >= len()`.
+    pub fn metrics_url(&self, i: usize) -> Option<String> {
+        self.members.get(i).map(Member::metrics_url)
     }
 
     /// The `--data-dir` of member `i`.
     ///
-    /// # Panics
-    ///
-    /// If `i >= len()`, like slice indexing.
-    pub fn data_dir(&self, i: usize) -> &Path {
-        self.members[i].data_dir()
+    /// `None` if `i >= len()`.
+    pub fn data_dir(&self, i: usize) -> Option<&Path> {
+        self.members.get(i).map(Member::data_dir)
     }
 
     /// The temporary directory holding every member's directory (`m<i>/`); removed on drop.
@@ -146,20 +138,23 @@ impl EtcdCluster {
 
     /// The process id of member `i`, or `None` if it was killed.
     ///
-    /// # Panics
-    ///
-    /// If `i >= len()`, like slice indexing.
+    /// Also `None` if `i >= len()`.
     pub fn pid(&self, i: usize) -> Option<u32> {
-        self.members[i].pid()
+        self.members.get(i).and_then(Member::pid)
     }
 
     /// SIGKILLs member `i` now, keeping its data directory. Does nothing if it is not running.
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// If `i >= len()`, like slice indexing.
-    pub fn kill(&mut self, i: usize) {
-        self.members[i].kill();
+    /// [`Error::NoSuchMember`] if `i >= len()`.
+    pub fn kill(&mut self, i: usize) -> Result<(), Error> {
+        let len = self.members.len();
+        self.members
+            .get_mut(i)
+            .ok_or(Error::NoSuchMember { index: i, len })?
+            .kill();
+        Ok(())
     }
 
     /// Starts member `i` again on the same ports and data directory (killing it first if it

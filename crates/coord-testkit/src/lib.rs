@@ -60,7 +60,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut cluster = coord_testkit::EtcdCluster::start(3).await?;
 //! let leader = cluster.leader().await?;
-//! cluster.kill(leader);
+//! cluster.kill(leader)?;
 //! assert_ne!(cluster.leader().await?, leader);
 //! cluster.restart(leader).await?;
 //! # Ok(()) }

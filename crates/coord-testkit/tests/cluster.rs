@@ -18,7 +18,7 @@ async fn a_killed_leader_is_replaced_and_comes_back_with_the_data() {
     let old = cluster.leader().await.unwrap();
     assert!(old < 3);
 
-    cluster.kill(old);
+    cluster.kill(old).unwrap();
     assert_eq!(cluster.pid(old), None);
     let new = cluster.leader().await.unwrap();
     assert_ne!(new, old);
@@ -28,7 +28,7 @@ async fn a_killed_leader_is_replaced_and_comes_back_with_the_data() {
     assert!(health.contains(r#""health":"true""#), "{health}");
 
     // Read from the restarted member itself.
-    let mut restarted = etcd_client::Client::connect([cluster.endpoint(old)], None)
+    let mut restarted = etcd_client::Client::connect([cluster.endpoint(old).unwrap()], None)
         .await
         .unwrap();
     let reply = restarted.get("k", None).await.unwrap();
@@ -39,7 +39,7 @@ async fn a_killed_leader_is_replaced_and_comes_back_with_the_data() {
 async fn members_restarted_together_regain_a_quorum() {
     let mut cluster = EtcdCluster::builder(3).start().await.unwrap();
     for i in 0..3 {
-        cluster.kill(i);
+        cluster.kill(i).unwrap();
     }
     // Alone, member 0 would never become healthy; together with member 1 it has a quorum.
     cluster.restart_without_waiting(0).await.unwrap();
@@ -65,7 +65,7 @@ async fn restarting_a_member_out_of_range_is_an_error() {
 /// The raw `/health` body of member `i`.
 async fn health_of(cluster: &EtcdCluster, i: usize) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let url = cluster.metrics_url(i);
+    let url = cluster.metrics_url(i).unwrap();
     let addr = url.strip_prefix("http://").unwrap();
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
