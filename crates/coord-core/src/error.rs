@@ -142,6 +142,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// A background task the operation depends on was cancelled: the Tokio runtime is shutting down.
+    #[error("the runtime is shutting down")]
+    Shutdown,
+
     /// etcd answered with an error that none of the other variants describes (bad request, lease not
     /// found, request too large…).
     #[error("etcd rejected {operation}")]

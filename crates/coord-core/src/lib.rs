@@ -10,6 +10,7 @@
 //! | [`Session`] | one lease per process, kept alive, with a loss signal that fires *before* the server can expire the lease |
 //! | [`Ownership`], [`FencingToken`] | proving ownership inside your own writes: `Txn::new().when([guard.compare()])` |
 //! | [`keys`] | name validation and the key layout shared with Go's recipes |
+//! | [`queue`] | the create-revision-ordered key queue under every lock, semaphore and election |
 //! | [`watch`] | waits that survive disconnects and compaction (the watch engine grows here) |
 //! | [`Error`], [`RetryPolicy`] | typed errors that say whether retrying helps; backoff built on `backon` |
 //!
@@ -64,6 +65,7 @@ mod config;
 mod error;
 mod fencing;
 pub mod keys;
+pub mod queue;
 mod retry;
 pub mod session;
 pub mod watch;

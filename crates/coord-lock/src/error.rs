@@ -29,10 +29,6 @@ pub enum Error {
         after: Duration,
     },
 
-    /// The acquisition was aborted because its runtime is shutting down.
-    #[error("the acquisition was aborted (the runtime is shutting down)")]
-    Aborted,
-
     /// The holder's key was gone or replaced when it was released or checked: the lock had been
     /// lost (session expiry, or an operator deleted the key) before this call.
     #[error("the lock {key} was no longer held")]
@@ -49,7 +45,7 @@ impl Error {
         match self {
             Error::Core(e) => e.is_retryable(),
             Error::WouldBlock { .. } | Error::TimedOut { .. } => true,
-            Error::NotHeld { .. } | Error::Aborted => false,
+            Error::NotHeld { .. } => false,
         }
     }
 

@@ -40,12 +40,25 @@
 #![forbid(unsafe_code)]
 
 mod error;
-mod local;
 mod mutex;
-mod queue;
 mod semaphore;
 
 pub use coord_core;
 pub use error::{Error, Result};
 pub use mutex::{Holder, Mutex, MutexGuard};
 pub use semaphore::{Durability, DurableSlot, HolderInfo, Limit, MAX_LIMIT, Permit, Semaphore};
+
+/// A holder's key vanished: an expired session (the lease is gone on the server, even if the
+/// keep-alive task has not noticed yet) is `SessionLost`; otherwise an operator removed it.
+async fn gone_or_removed(
+    session: &coord_core::Session,
+    ownership: &coord_core::Ownership,
+) -> Error {
+    if coord_core::queue::lease_gone(session).await {
+        coord_core::queue::session_end_error(session).into()
+    } else {
+        Error::NotHeld {
+            key: ownership.key_str().unwrap_or_default().to_owned(),
+        }
+    }
+}

@@ -6,15 +6,14 @@ use std::time::Duration;
 
 use coord_core::etcd_client::Compare;
 use coord_core::keys::{lease_key, queue_prefix, validate_name};
-use coord_core::watch::wait_deleted;
-use coord_core::{Error as CoreError, FencingToken, Ownership, Session};
+use coord_core::{FencingToken, Ownership, Session};
 use tokio::sync::OwnedMutexGuard;
 
-use crate::queue::{
-    self, Cleanup, Enqueued, Pending, first_by_create, last_created_before, read_retry,
-    session_gone, session_gone_or_removed,
+use coord_core::queue::{
+    self, Entry, first_by_create, key_lost, local_slot, release_in_background, wait_until_first,
 };
-use crate::{Error, Result, local};
+
+use crate::{Error, Result};
 
 /// A mutual-exclusion lock held in etcd, bound to a [`Session`].
 ///
@@ -83,7 +82,7 @@ impl Mutex {
         Ok(Mutex {
             session: session.clone(),
             prefix: queue_prefix(namespace, name),
-            local: local::slot(&key),
+            local: local_slot(&key),
             key,
         })
     }
@@ -184,41 +183,28 @@ impl Mutex {
 
     async fn acquire(&self, local: OwnedMutexGuard<()>, wait: bool) -> Result<MutexGuard> {
         let client = self.session.client();
-        let mut cleanup = Cleanup {
-            session: &self.session,
-            pending: Some(Pending::InFlight {
-                key: self.key.clone(),
-                task: queue::enqueue(
-                    client,
-                    &self.key,
-                    &self.prefix,
-                    self.session.lease_id(),
-                    Vec::new(),
-                ),
-            }),
-            local: Some(local),
-        };
-        let enqueued: Enqueued = queue::settle(&mut cleanup).await?;
+        let mut entry = Entry::enqueue(&self.session, self.key.clone(), &self.prefix, Vec::new())
+            .holding(local);
+        let enqueued = entry.settle().await?;
         let ownership = Ownership::new(self.key.clone(), enqueued.revision);
 
         if enqueued.first != Some(enqueued.revision) {
             if !wait {
                 if enqueued.created {
-                    // Our fresh key must not stay in the queue; release it now (or in the background
-                    // via the cleanup if this fails).
-                    if queue::release(client, &ownership).await.is_ok() {
-                        cleanup.pending = None;
-                    }
+                    // Our fresh key must not stay in the queue (if this fails, dropping the entry
+                    // retries in the background).
+                    let _ = entry.remove().await;
                 } else {
-                    // A key this session already had (e.g. a Go caller on the same lease): not ours
-                    // to remove.
-                    cleanup.pending = None;
+                    // A key this session already had (e.g. a Go caller on the same lease): not
+                    // ours to remove.
+                    entry.forget();
                 }
                 return Err(Error::WouldBlock {
                     name: self.prefix.clone(),
                 });
             }
-            self.wait_turn(enqueued.revision).await?;
+            // Predecessor watch: docs/wire-format.md.
+            wait_until_first(&self.session, &self.prefix, enqueued.revision).await?;
             // The predecessor is gone; make sure our own key still is there (it vanishes with an
             // expired session, or when an operator deleted it).
             let mine = client.get(self.key.clone(), None).await?;
@@ -227,47 +213,17 @@ impl Mutex {
                 .first()
                 .is_some_and(|kv| kv.create_revision() == enqueued.revision);
             if !still_ours || !self.session.is_alive() {
-                cleanup.pending = None;
-                return Err(session_gone_or_removed(&self.session, &ownership).await);
+                entry.forget();
+                return Err(crate::gone_or_removed(&self.session, &ownership).await);
             }
         }
-        let local = cleanup.local.take();
-        cleanup.pending = None;
+        let (_, local) = entry.into_parts();
         Ok(MutexGuard {
             session: self.session.clone(),
             ownership,
             local,
             released: false,
         })
-    }
-
-    /// Waits until no key created before `revision` remains: each round watches the newest older key
-    /// (the predecessor) until it is deleted, then re-reads. Predecessor watch: docs/wire-format.md.
-    async fn wait_turn(&self, revision: i64) -> Result<()> {
-        let client = self.session.client();
-        let retry = read_retry();
-        loop {
-            let read = tokio::select! {
-                biased;
-                _ = self.session.ended() => return Err(session_gone(&self.session)),
-                read = retry.retry(|| client.get(self.prefix.clone(), Some(last_created_before(revision)))) => read?,
-            };
-            let Some(predecessor) = read.kvs().first() else {
-                return Ok(());
-            };
-            // Watch from the revision after the read: a watch at the current revision is served by
-            // etcd's slow "unsynced" loop (docs/architecture.md).
-            let from = read.header().map_or(0, |h| h.revision()) + 1;
-            let predecessor = predecessor.key().to_vec();
-            tokio::select! {
-                biased;
-                _ = self.session.ended() => return Err(session_gone(&self.session)),
-                deleted = wait_deleted(client, predecessor, from) => match deleted {
-                    Ok(_) | Err(CoreError::Compacted { .. }) => continue,
-                    Err(e) => return Err(e.into()),
-                },
-            }
-        }
     }
 }
 
@@ -338,7 +294,7 @@ impl MutexGuard {
     ///
     /// Cancel safe.
     pub async fn lost(&self) {
-        queue::key_lost(&self.session, &self.ownership).await;
+        key_lost(&self.session, &self.ownership).await;
     }
 
     /// Releases the lock: deletes the key, but only if it is still this holder's (a stale unlock
@@ -369,11 +325,7 @@ impl MutexGuard {
 impl Drop for MutexGuard {
     fn drop(&mut self) {
         if !self.released {
-            queue::release_in_background(
-                &self.session,
-                Pending::Known(self.ownership.clone()),
-                self.local.take(),
-            );
+            release_in_background(&self.session, self.ownership.clone(), self.local.take());
         }
     }
 }

@@ -15,8 +15,11 @@ use coord_core::{Error as CoreError, FencingToken, Ownership, Session};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
 
-use crate::queue::{self, Cleanup, Pending, read_retry, session_gone, session_gone_or_removed};
-use crate::{Error, Result, local};
+use coord_core::queue::{
+    Entry, key_lost, local_slot, read_retry, release, release_in_background, session_end_error,
+};
+
+use crate::{Error, Result};
 
 /// The largest limit a semaphore accepts.
 pub const MAX_LIMIT: u32 = 100_000;
@@ -191,7 +194,7 @@ impl Semaphore {
             prefix: queue_prefix(namespace, name),
             limit_key: format!("{namespace}{name}"),
             limit,
-            local: local::slot(&key),
+            local: local_slot(&key),
             key,
         })
     }
@@ -265,23 +268,15 @@ impl Semaphore {
     }
 
     async fn acquire_session(&self, local: OwnedMutexGuard<()>, wait: bool) -> Result<Permit> {
-        let client = self.session.client();
         let holder = self.session.lease_id().to_string();
-        let mut cleanup = Cleanup {
-            session: &self.session,
-            pending: Some(Pending::InFlight {
-                key: self.key.clone(),
-                task: queue::enqueue(
-                    client,
-                    &self.key,
-                    &self.prefix,
-                    self.session.lease_id(),
-                    Record::new(&holder, false).encode(),
-                ),
-            }),
-            local: Some(local),
-        };
-        let enqueued = queue::settle(&mut cleanup).await?;
+        let mut entry = Entry::enqueue(
+            &self.session,
+            self.key.clone(),
+            &self.prefix,
+            Record::new(&holder, false).encode(),
+        )
+        .holding(local);
+        let enqueued = entry.settle().await?;
         let ownership = Ownership::new(self.key.clone(), enqueued.revision);
         let lease = KeyLease::Keep;
         if wait {
@@ -290,15 +285,16 @@ impl Semaphore {
             self.evaluate(&ownership, &holder, lease).await?,
             Place::Granted
         ) {
-            if enqueued.created && queue::release(client, &ownership).await.is_ok() {
-                cleanup.pending = None;
+            if enqueued.created {
+                let _ = entry.remove().await;
+            } else {
+                entry.forget();
             }
             return Err(Error::WouldBlock {
                 name: self.prefix.clone(),
             });
         }
-        let local = cleanup.local.take();
-        cleanup.pending = None;
+        let (_, local) = entry.into_parts();
         Ok(Permit {
             session: self.session.clone(),
             ownership,
@@ -357,51 +353,39 @@ impl Semaphore {
         }
         self.session.check_alive()?;
         let key = self.durable_key(id);
-        let client = self.session.client();
-        let mut cleanup = Cleanup {
-            session: &self.session,
-            pending: Some(Pending::InFlight {
-                key: key.clone(),
-                task: queue::enqueue(
-                    client,
-                    &key,
-                    &self.prefix,
-                    self.session.lease_id(),
-                    Record::new(id, false).encode(),
-                ),
-            }),
-            local: None,
-        };
-        let enqueued = queue::settle(&mut cleanup).await?;
+        let mut entry = Entry::enqueue(
+            &self.session,
+            key.clone(),
+            &self.prefix,
+            Record::new(id, false).encode(),
+        );
+        let enqueued = entry.settle().await?;
         let ownership = Ownership::new(key.clone(), enqueued.revision);
         let already_held = enqueued
             .existing_value
             .as_deref()
             .and_then(Record::decode)
             .is_some_and(|r| r.held);
+        // Only the caller that queued the key removes it when giving up.
+        if already_held || !enqueued.created {
+            entry.forget();
+        }
         if already_held {
-            cleanup.pending = None;
             return Ok(DurableSlot {
                 id: id.to_owned(),
                 ownership,
             });
         }
-        // Only the caller that queued the key removes it when giving up.
-        cleanup.pending = enqueued.created.then(|| Pending::Known(ownership.clone()));
         let lease = KeyLease::Durable(durability);
         if wait {
             self.wait_for_grant(&ownership, id, lease).await?;
         } else if !matches!(self.evaluate(&ownership, id, lease).await?, Place::Granted) {
-            if let Some(Pending::Known(mine)) = cleanup.pending.take() {
-                if queue::release(client, &mine).await.is_err() {
-                    cleanup.pending = Some(Pending::Known(mine));
-                }
-            }
+            let _ = entry.remove().await;
             return Err(Error::WouldBlock {
                 name: self.prefix.clone(),
             });
         }
-        cleanup.pending = None;
+        entry.forget();
         Ok(DurableSlot {
             id: id.to_owned(),
             ownership,
@@ -574,7 +558,7 @@ impl Semaphore {
         loop {
             let place = tokio::select! {
                 biased;
-                _ = self.session.ended() => return Err(session_gone(&self.session)),
+                _ = self.session.ended() => return Err(session_end_error(&self.session).into()),
                 place = self.evaluate(ownership, holder, lease) => place?,
             };
             let woken = match place {
@@ -591,7 +575,7 @@ impl Semaphore {
                     };
                     tokio::select! {
                         biased;
-                        _ = self.session.ended() => return Err(session_gone(&self.session)),
+                        _ = self.session.ended() => return Err(session_end_error(&self.session).into()),
                         r = wait_prefix_deleted(client, self.prefix.clone(), read_revision + 1) => r,
                         r = limit_changed => r,
                     }
@@ -602,7 +586,7 @@ impl Semaphore {
                 } => {
                     tokio::select! {
                         biased;
-                        _ = self.session.ended() => return Err(session_gone(&self.session)),
+                        _ = self.session.ended() => return Err(session_end_error(&self.session).into()),
                         r = wait_changed(client, predecessor, read_revision + 1) => r,
                     }
                 }
@@ -647,7 +631,7 @@ impl Semaphore {
                 })
                 .collect();
             let [mine, older, stored] = gets.as_slice() else {
-                return Err(Error::Aborted);
+                return Err(CoreError::Shutdown.into());
             };
             let me = mine
                 .kvs()
@@ -655,7 +639,7 @@ impl Semaphore {
                 .filter(|kv| kv.create_revision() == revision);
             let Some(me) = me else {
                 // Our key is gone: the session expired, or an operator removed it.
-                return Err(session_gone_or_removed(&self.session, ownership).await);
+                return Err(crate::gone_or_removed(&self.session, ownership).await);
             };
             let limit = match self.limit {
                 Limit::Fixed(n) => n,
@@ -708,7 +692,7 @@ impl Semaphore {
         if client.txn(txn).await?.succeeded() {
             Ok(())
         } else {
-            Err(session_gone_or_removed(&self.session, ownership).await)
+            Err(crate::gone_or_removed(&self.session, ownership).await)
         }
     }
 }
@@ -800,7 +784,7 @@ impl Permit {
     ///
     /// Cancel safe.
     pub async fn lost(&self) {
-        queue::key_lost(&self.session, &self.ownership).await;
+        key_lost(&self.session, &self.ownership).await;
     }
 
     /// Releases the permit, only if the key is still this permit's.
@@ -814,7 +798,7 @@ impl Permit {
     ///
     /// Cancel safe: if dropped, the release continues in the background.
     pub async fn release(mut self) -> Result<()> {
-        let deleted = queue::release(self.session.client(), &self.ownership).await?;
+        let deleted = release(self.session.client(), &self.ownership).await?;
         self.released = true;
         self.local.take();
         if deleted {
@@ -830,11 +814,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.released {
-            queue::release_in_background(
-                &self.session,
-                Pending::Known(self.ownership.clone()),
-                self.local.take(),
-            );
+            release_in_background(&self.session, self.ownership.clone(), self.local.take());
         }
     }
 }

@@ -1,0 +1,483 @@
+//! The key queue every coord primitive stands on, as in etcd's Go `concurrency` package: holders
+//! and waiters are keys under `namespace + name + "/"`, ordered by create revision; the first key(s)
+//! hold, the others wait (docs/wire-format.md).
+//!
+//! This module holds the mechanics that must be identical wherever a queue is used:
+//! - [`Entry`]: put a key in the queue with the session's lease, learning its create revision even
+//!   if the caller is cancelled meanwhile, and removing it again (in the background) unless it is
+//!   handed over to a guard;
+//! - [`wait_until_first`]: wait, watching only the predecessor, until no older key remains;
+//! - [`release`] / [`release_in_background`]: delete a key only if it is still the same key
+//!   (create revision), never a newer one of the same session;
+//! - [`key_lost`]: the "you no longer hold it" signal;
+//! - [`local_slot`]: in-process exclusion for holders sharing one session and one key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex as StdMutex, PoisonError, Weak};
+use std::time::Duration;
+
+use etcd_client::{
+    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+};
+use tokio::sync::OwnedMutexGuard;
+use tokio::task::JoinHandle;
+
+use crate::watch::wait_deleted;
+use crate::{Client, Error, LeaseId, Ownership, Result, RetryPolicy, Session};
+
+/// `Range(prefix)` sorted by create revision ascending, limit 1: the head of the queue.
+pub fn first_by_create() -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1)
+}
+
+/// `Range(prefix)` of the newest key created before `revision`: a waiter's predecessor (Go's
+/// `waitDeletes` range).
+pub fn last_created_before(revision: i64) -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Descend)
+        .with_max_create_revision(revision - 1)
+        .with_limit(1)
+}
+
+/// The outcome of putting a key into the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Enqueued {
+    /// The key's create revision (a fresh put's revision, or the existing key's).
+    pub revision: i64,
+    /// Whether this call created the key. `false`: the session already had a key there, which is
+    /// reused with its queue place, as Go does.
+    pub created: bool,
+    /// The existing key's value when it was not created by this call.
+    pub existing_value: Option<Vec<u8>>,
+    /// The create revision of the head of the queue.
+    pub first: Option<i64>,
+}
+
+/// A key being put into a queue, and the obligation to remove it again.
+///
+/// Dropping an `Entry` removes its key in the background (exactly the key it created, once the
+/// in-flight request has settled), so an acquisition that fails or is cancelled leaves nothing in
+/// etcd. Hand the key over to a guard with [`Entry::into_parts`], or drop the obligation with
+/// [`Entry::forget`] when the key is not this caller's to remove.
+#[derive(Debug)]
+pub struct Entry {
+    session: Session,
+    key: String,
+    state: EntryState,
+    local: Option<OwnedMutexGuard<()>>,
+}
+
+#[derive(Debug)]
+enum EntryState {
+    /// The enqueue transaction is in flight in its own task.
+    InFlight(JoinHandle<Result<Enqueued>>),
+    /// The key exists (or existed) with this create revision.
+    Known(Ownership),
+    /// The enqueue failed in a way that hides whether its put was applied.
+    Unknown(LeaseId),
+    /// Nothing is owed.
+    Done,
+}
+
+impl Entry {
+    /// Sends Go's `tryAcquire` transaction —
+    /// `if create_revision(key) == 0 then put(key, value, lease) + get(head) else get(key) + get(head)`
+    /// — with the session's lease, in its own task: if the caller is cancelled while it is in
+    /// flight, the outcome is still learned and the key removed exactly.
+    pub fn enqueue(
+        session: &Session,
+        key: impl Into<String>,
+        prefix: &str,
+        value: Vec<u8>,
+    ) -> Entry {
+        let key = key.into();
+        let task = tokio::spawn(enqueue(
+            session.client().clone(),
+            key.clone(),
+            prefix.to_owned(),
+            session.lease_id(),
+            value,
+        ));
+        Entry {
+            session: session.clone(),
+            key,
+            state: EntryState::InFlight(task),
+            local: None,
+        }
+    }
+
+    /// Keeps `local` (an in-process exclusion, see [`local_slot`]) until the key is removed or
+    /// handed over.
+    #[must_use = "the entry is returned with the slot attached"]
+    pub fn holding(mut self, local: OwnedMutexGuard<()>) -> Entry {
+        self.local = Some(local);
+        self
+    }
+
+    /// Waits for the enqueue transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SessionLost`] when the session's lease no longer exists; the request's own errors
+    /// (the key is then removed if it was written after all); [`Error::Shutdown`] when the
+    /// runtime is shutting down.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the request continues, and dropping the entry removes its key.
+    pub async fn settle(&mut self) -> Result<Enqueued> {
+        let EntryState::InFlight(task) = &mut self.state else {
+            return Err(Error::Shutdown);
+        };
+        let outcome = task.await;
+        match outcome {
+            Ok(Ok(enqueued)) => {
+                self.state = EntryState::Known(Ownership::new(self.key.clone(), enqueued.revision));
+                Ok(enqueued)
+            }
+            Ok(Err(error)) => {
+                // A timeout may hide an applied put: remove a key of this lease if there is one.
+                self.state = EntryState::Unknown(self.session.lease_id());
+                Err(error)
+            }
+            Err(_) => {
+                self.state = EntryState::Done;
+                Err(Error::Shutdown)
+            }
+        }
+    }
+
+    /// The queued key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The key's ownership, once settled.
+    pub fn ownership(&self) -> Option<&Ownership> {
+        match &self.state {
+            EntryState::Known(ownership) => Some(ownership),
+            _ => None,
+        }
+    }
+
+    /// Drops the obligation to remove the key (it is not this caller's, or it is already gone).
+    pub fn forget(&mut self) {
+        self.state = EntryState::Done;
+    }
+
+    /// Removes the key now (guarded by its create revision). On failure the obligation stays and
+    /// the removal is retried in the background when the entry is dropped.
+    ///
+    /// # Errors
+    ///
+    /// Transport errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the entry afterwards completes the removal.
+    pub async fn remove(&mut self) -> Result<()> {
+        if let EntryState::Known(ownership) = &self.state {
+            release(self.session.client(), ownership).await?;
+            self.state = EntryState::Done;
+        }
+        Ok(())
+    }
+
+    /// Hands the key over: nothing is removed on drop; returns the ownership (once settled) and the
+    /// in-process slot.
+    pub fn into_parts(mut self) -> (Option<Ownership>, Option<OwnedMutexGuard<()>>) {
+        let state = std::mem::replace(&mut self.state, EntryState::Done);
+        let ownership = match state {
+            EntryState::Known(ownership) => Some(ownership),
+            _ => None,
+        };
+        (ownership, self.local.take())
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let state = std::mem::replace(&mut self.state, EntryState::Done);
+        let owed = match state {
+            EntryState::Done => return,
+            EntryState::Known(ownership) => Owed::Key(ownership),
+            EntryState::Unknown(lease) => Owed::Leased(self.key.clone(), lease),
+            EntryState::InFlight(task) => Owed::InFlight(self.key.clone(), task),
+        };
+        spawn_removal(&self.session, owed, self.local.take());
+    }
+}
+
+enum Owed {
+    Key(Ownership),
+    Leased(String, LeaseId),
+    InFlight(String, JoinHandle<Result<Enqueued>>),
+}
+
+async fn enqueue(
+    client: Client,
+    key: String,
+    prefix: String,
+    lease: LeaseId,
+    value: Vec<u8>,
+) -> Result<Enqueued> {
+    let put = PutOptions::new().with_lease(lease.get());
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+        .and_then([
+            TxnOp::put(key.clone(), value, Some(put)),
+            TxnOp::get(prefix.clone(), Some(first_by_create())),
+        ])
+        .or_else([
+            TxnOp::get(key.clone(), None),
+            TxnOp::get(prefix, Some(first_by_create())),
+        ]);
+    let resp = match client.txn(txn).await {
+        Ok(resp) => resp,
+        // The put names a lease that is gone: the session expired under us.
+        Err(e) if is_lease_not_found(&e) => return Err(Error::SessionLost { lease_id: lease }),
+        Err(e) => return Err(e),
+    };
+    let header_revision = resp.header().map_or(0, |h| h.revision());
+    let responses = resp.op_responses();
+    let first = match responses.get(1) {
+        Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.create_revision()),
+        _ => None,
+    };
+    let existing = match responses.first() {
+        Some(TxnOpResponse::Get(get)) if !resp.succeeded() => get.kvs().first().cloned(),
+        _ => None,
+    };
+    let revision = existing
+        .as_ref()
+        .map_or(header_revision, |kv| kv.create_revision());
+    Ok(Enqueued {
+        revision,
+        created: resp.succeeded(),
+        existing_value: existing.map(|kv| kv.value().to_vec()),
+        first,
+    })
+}
+
+fn is_lease_not_found(e: &Error) -> bool {
+    matches!(e, Error::Etcd { source, .. } if source.to_string().contains("requested lease not found"))
+}
+
+/// Deletes the key only if it is still the one created at `ownership`'s revision, so a stale
+/// release never deletes a newer key of the same session (Go's bug #22082). Returns whether it
+/// deleted.
+///
+/// # Errors
+///
+/// Transport errors.
+///
+/// # Cancel safety
+///
+/// Dropping the future abandons the request; it may or may not have been applied.
+pub async fn release(client: &Client, ownership: &Ownership) -> Result<bool> {
+    let txn = Txn::new()
+        .when([ownership.compare()])
+        .and_then([TxnOp::delete(ownership.key().to_vec(), None)]);
+    Ok(client.txn(txn).await?.succeeded())
+}
+
+/// [`release`] in a background task (for `Drop` of guards), retrying transient failures while the
+/// session lives, and keeping `local` until the key is gone so that no other in-process holder can
+/// reuse the key meanwhile. Without a Tokio runtime the key stays until the session ends.
+pub fn release_in_background(
+    session: &Session,
+    ownership: Ownership,
+    local: Option<OwnedMutexGuard<()>>,
+) {
+    spawn_removal(session, Owed::Key(ownership), local);
+}
+
+fn spawn_removal(session: &Session, owed: Owed, local: Option<OwnedMutexGuard<()>>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!("no Tokio runtime to remove a queue key; it stays until the session ends");
+        return;
+    };
+    let session = session.clone();
+    runtime.spawn(async move {
+        let ownership = match owed {
+            Owed::Key(ownership) => ownership,
+            Owed::InFlight(key, task) => match task.await {
+                Ok(Ok(enqueued)) => Ownership::new(key, enqueued.revision),
+                Ok(Err(_)) => return remove_if_leased(&session, key, session.lease_id(), local).await,
+                Err(_) => return drop(local),
+            },
+            Owed::Leased(key, lease) => return remove_if_leased(&session, key, lease, local).await,
+        };
+        let policy = RetryPolicy::new().with_max_elapsed(Some(session.ttl()));
+        let attempt = policy.retry(|| release(session.client(), &ownership));
+        tokio::select! {
+            result = attempt => {
+                if let Err(error) = result {
+                    tracing::warn!(key = ?ownership.key_str(), %error, "background release failed; the key stays until the session ends");
+                }
+            }
+            _ = session.ended() => {}
+        }
+        drop(local);
+    });
+}
+
+/// Deletes `key` if it is attached to `lease` (an enqueue whose outcome is unknown).
+async fn remove_if_leased(
+    session: &Session,
+    key: String,
+    lease: LeaseId,
+    local: Option<OwnedMutexGuard<()>>,
+) {
+    let txn = Txn::new()
+        .when([Compare::lease(key.clone(), CompareOp::Equal, lease.get())])
+        .and_then([TxnOp::delete(key, None)]);
+    if let Err(error) = session.client().txn(txn).await {
+        tracing::debug!(%error, "could not remove a queue key of unknown state; it goes with the session");
+    }
+    drop(local);
+}
+
+/// Retries of queue reads: transient failures are retried for as long as the wait lasts.
+pub fn read_retry() -> RetryPolicy {
+    RetryPolicy::new()
+        .with_max_delay(Duration::from_secs(1))
+        .with_max_elapsed(None)
+}
+
+/// Waits until no key created before `revision` remains under `prefix`: each round reads the
+/// newest older key (the predecessor) and watches it until it is deleted, then reads again. Only one
+/// waiter wakes per release. A compaction or reconnect during the wait leads to a new read.
+///
+/// # Errors
+///
+/// [`Error::SessionLost`] / [`Error::SessionClosed`] as soon as the session ends; non-retryable
+/// errors of the reads and watches.
+///
+/// # Cancel safety
+///
+/// Cancel safe: it only reads and watches.
+pub async fn wait_until_first(session: &Session, prefix: &str, revision: i64) -> Result<()> {
+    let client = session.client();
+    let retry = read_retry();
+    loop {
+        let read = tokio::select! {
+            biased;
+            _ = session.ended() => return Err(session_end_error(session)),
+            read = retry.retry(|| client.get(prefix, Some(last_created_before(revision)))) => read?,
+        };
+        let Some(predecessor) = read.kvs().first() else {
+            return Ok(());
+        };
+        let from = read.header().map_or(0, |h| h.revision()) + 1;
+        let predecessor = predecessor.key().to_vec();
+        tokio::select! {
+            biased;
+            _ = session.ended() => return Err(session_end_error(session)),
+            deleted = wait_deleted(client, predecessor, from) => match deleted {
+                Ok(_) | Err(Error::Compacted { .. }) => continue,
+                Err(e) => return Err(e),
+            },
+        }
+    }
+}
+
+/// The error for an operation that ended because the session did.
+pub fn session_end_error(session: &Session) -> Error {
+    match session.check_alive() {
+        Err(e) => e,
+        Ok(()) => Error::SessionLost {
+            lease_id: session.lease_id(),
+        },
+    }
+}
+
+/// Whether the session's lease is gone: ended locally, or unknown to the server (expired before
+/// the keep-alive task noticed). Used to tell an expired session from an operator's delete when a
+/// holder's key vanished.
+pub async fn lease_gone(session: &Session) -> bool {
+    if !session.is_alive() {
+        return true;
+    }
+    matches!(session.client().lease_time_to_live(session.lease_id(), false).await, Ok(ttl) if ttl.ttl() < 0)
+}
+
+/// Resolves when the holder behind `ownership` is gone: its session ended, or its key was deleted
+/// or replaced. After a compaction the key is re-read; if it cannot be watched at all
+/// (permissions), only the session signal remains.
+pub async fn key_lost(session: &Session, ownership: &Ownership) {
+    let client = session.client();
+    let key = ownership.key().to_vec();
+    let token = ownership.token().revision();
+    let key_deleted = async {
+        let mut from = token + 1;
+        loop {
+            match wait_deleted(client, key.clone(), from).await {
+                Ok(_) => return,
+                Err(Error::Compacted { .. }) => match client.get(key.clone(), None).await {
+                    Ok(read)
+                        if read
+                            .kvs()
+                            .first()
+                            .is_some_and(|kv| kv.create_revision() == token) =>
+                    {
+                        from = read.header().map_or(from, |h| h.revision() + 1);
+                    }
+                    Ok(_) => return,
+                    Err(_) => std::future::pending::<()>().await,
+                },
+                Err(_) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    tokio::select! {
+        _ = session.ended() => {}
+        () = key_deleted => {}
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<()>>;
+
+static SLOTS: LazyLock<StdMutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>> =
+    LazyLock::new(|| StdMutex::new(HashMap::new()));
+
+/// The in-process mutex for a full etcd key. Two holders on one session and one name would write
+/// the same key (`name/<lease hex>`), and in Go's recipes both would then believe they hold; coord
+/// serialises them instead: each acquisition takes this slot first and keeps it until its key is
+/// deleted. Every caller asking for the same key gets the same slot while any of them is alive.
+pub fn local_slot(key: &str) -> Slot {
+    let mut slots = SLOTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(slot) = slots.get(key).and_then(Weak::upgrade) {
+        return slot;
+    }
+    if slots.len() >= 64 {
+        slots.retain(|_, slot| slot.strong_count() > 0);
+    }
+    let slot = Slot::default();
+    slots.insert(key.to_owned(), Arc::downgrade(&slot));
+    slot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_key_shares_one_slot() {
+        let a = local_slot("k/1");
+        let b = local_slot("k/1");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &local_slot("k/2")));
+    }
+
+    #[test]
+    fn unused_slots_are_forgotten() {
+        let first = Arc::downgrade(&local_slot("gone/1"));
+        assert!(first.upgrade().is_none());
+    }
+}
