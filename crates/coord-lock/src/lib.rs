@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod held;
 mod mutex;
 mod semaphore;
 

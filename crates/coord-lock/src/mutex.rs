@@ -9,10 +9,9 @@ use coord_core::keys::{lease_key, queue_prefix, validate_name};
 use coord_core::{FencingToken, Ownership, Session};
 use tokio::sync::OwnedMutexGuard;
 
-use coord_core::queue::{
-    self, Entry, first_by_create, key_lost, local_slot, release_in_background, wait_until_first,
-};
+use coord_core::queue::{Entry, first_by_create, key_lost, local_slot, wait_until_first};
 
+use crate::held::Held;
 use crate::{Error, Result};
 
 /// A mutual-exclusion lock held in etcd, bound to a [`Session`].
@@ -219,10 +218,7 @@ impl Mutex {
         }
         let (_, local) = entry.into_parts();
         Ok(MutexGuard {
-            session: self.session.clone(),
-            ownership,
-            local,
-            released: false,
+            held: Held::new(self.session.clone(), ownership, local),
         })
     }
 }
@@ -244,17 +240,14 @@ impl Mutex {
 /// ```
 #[must_use = "dropping the guard releases the lock at once"]
 pub struct MutexGuard {
-    session: Session,
-    ownership: Ownership,
-    local: Option<OwnedMutexGuard<()>>,
-    released: bool,
+    held: Held,
 }
 
 impl fmt::Debug for MutexGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MutexGuard")
             .field("key", &self.key())
-            .field("token", &self.ownership.token())
+            .field("token", &self.held.ownership.token())
             .finish_non_exhaustive()
     }
 }
@@ -262,28 +255,28 @@ impl fmt::Debug for MutexGuard {
 impl MutexGuard {
     /// The holder's key.
     pub fn key(&self) -> &str {
-        self.ownership.key_str().unwrap_or_default()
+        self.held.key()
     }
 
     /// The fencing token: the key's create revision, larger for every later holder.
     pub fn token(&self) -> FencingToken {
-        self.ownership.token()
+        self.held.ownership.token()
     }
 
     /// `create_revision(key) == token`: put it in the `when` of any transaction that must only
     /// apply while this guard still holds the lock.
     pub fn owns(&self) -> Compare {
-        self.ownership.compare()
+        self.held.ownership.compare()
     }
 
     /// The ownership proof (key and token).
     pub fn ownership(&self) -> &Ownership {
-        &self.ownership
+        &self.held.ownership
     }
 
     /// The session the lock is bound to.
     pub fn session(&self) -> &Session {
-        &self.session
+        &self.held.session
     }
 
     /// Resolves when the lock is lost: the session ended, or the key was deleted (by an operator,
@@ -294,7 +287,7 @@ impl MutexGuard {
     ///
     /// Cancel safe.
     pub async fn lost(&self) {
-        key_lost(&self.session, &self.ownership).await;
+        key_lost(&self.held.session, &self.held.ownership).await;
     }
 
     /// Releases the lock: deletes the key, but only if it is still this holder's (a stale unlock
@@ -309,23 +302,6 @@ impl MutexGuard {
     ///
     /// Cancel safe: if dropped, the release continues in the background.
     pub async fn unlock(mut self) -> Result<()> {
-        let deleted = queue::release(self.session.client(), &self.ownership).await?;
-        self.released = true;
-        self.local.take();
-        if deleted {
-            Ok(())
-        } else {
-            Err(Error::NotHeld {
-                key: self.key().to_owned(),
-            })
-        }
-    }
-}
-
-impl Drop for MutexGuard {
-    fn drop(&mut self) {
-        if !self.released {
-            release_in_background(&self.session, self.ownership.clone(), self.local.take());
-        }
+        self.held.release().await
     }
 }

@@ -15,10 +15,9 @@ use coord_core::{Error as CoreError, FencingToken, Ownership, Session};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
 
-use coord_core::queue::{
-    Entry, key_lost, local_slot, read_retry, release, release_in_background, session_end_error,
-};
+use coord_core::queue::{Entry, key_lost, local_slot, read_retry, session_end_error};
 
+use crate::held::Held;
 use crate::{Error, Result};
 
 /// The largest limit a semaphore accepts.
@@ -296,10 +295,7 @@ impl Semaphore {
         }
         let (_, local) = entry.into_parts();
         Ok(Permit {
-            session: self.session.clone(),
-            ownership,
-            local,
-            released: false,
+            held: Held::new(self.session.clone(), ownership, local),
         })
     }
 
@@ -736,17 +732,14 @@ fn parse_limit(value: Option<&[u8]>, default: u32) -> u32 {
 /// prefer [`release`](Self::release), which reports errors.
 #[must_use = "dropping the permit releases it at once"]
 pub struct Permit {
-    session: Session,
-    ownership: Ownership,
-    local: Option<OwnedMutexGuard<()>>,
-    released: bool,
+    held: Held,
 }
 
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
-            .field("key", &self.ownership.key_str())
-            .field("token", &self.ownership.token())
+            .field("key", &self.held.key())
+            .field("token", &self.held.ownership.token())
             .finish_non_exhaustive()
     }
 }
@@ -754,27 +747,27 @@ impl fmt::Debug for Permit {
 impl Permit {
     /// The permit's key.
     pub fn key(&self) -> &str {
-        self.ownership.key_str().unwrap_or_default()
+        self.held.key()
     }
 
     /// The fencing token (create revision of the key).
     pub fn token(&self) -> FencingToken {
-        self.ownership.token()
+        self.held.ownership.token()
     }
 
     /// `create_revision(key) == token`: true exactly while this permit is held.
     pub fn owns(&self) -> Compare {
-        self.ownership.compare()
+        self.held.ownership.compare()
     }
 
     /// The ownership proof.
     pub fn ownership(&self) -> &Ownership {
-        &self.ownership
+        &self.held.ownership
     }
 
     /// The session the permit is bound to.
     pub fn session(&self) -> &Session {
-        &self.session
+        &self.held.session
     }
 
     /// Resolves when the permit is lost (session ended, or the key was removed, e.g. by
@@ -784,7 +777,7 @@ impl Permit {
     ///
     /// Cancel safe.
     pub async fn lost(&self) {
-        key_lost(&self.session, &self.ownership).await;
+        key_lost(&self.held.session, &self.held.ownership).await;
     }
 
     /// Releases the permit, only if the key is still this permit's.
@@ -798,24 +791,7 @@ impl Permit {
     ///
     /// Cancel safe: if dropped, the release continues in the background.
     pub async fn release(mut self) -> Result<()> {
-        let deleted = release(self.session.client(), &self.ownership).await?;
-        self.released = true;
-        self.local.take();
-        if deleted {
-            Ok(())
-        } else {
-            Err(Error::NotHeld {
-                key: self.key().to_owned(),
-            })
-        }
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if !self.released {
-            release_in_background(&self.session, self.ownership.clone(), self.local.take());
-        }
+        self.held.release().await
     }
 }
 
