@@ -126,6 +126,20 @@ impl Mutex {
     /// # Cancel safety
     ///
     /// Cancel safe, as [`lock`](Self::lock).
+    ///
+    /// ```no_run
+    /// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
+    /// use coord_lock::{Error, Mutex};
+    /// use std::time::Duration;
+    ///
+    /// let mutex = Mutex::new(&session, "compaction")?;
+    /// match mutex.lock_timeout(Duration::from_secs(10)).await {
+    ///     Ok(guard) => guard.unlock().await?,
+    ///     Err(Error::TimedOut { .. }) => eprintln!("someone else is compacting"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
         match tokio::time::timeout(timeout, self.lock()).await {
             Ok(result) => result,
@@ -146,6 +160,18 @@ impl Mutex {
     /// # Cancel safety
     ///
     /// Cancel safe, as [`lock`](Self::lock).
+    ///
+    /// ```no_run
+    /// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
+    /// use coord_lock::{Error, Mutex};
+    ///
+    /// match Mutex::new(&session, "compaction")?.try_lock().await {
+    ///     Ok(guard) => guard.unlock().await?,
+    ///     Err(Error::WouldBlock { .. }) => eprintln!("busy"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn try_lock(&self) -> Result<MutexGuard> {
         self.session.check_alive()?;
         let local = self
@@ -167,6 +193,16 @@ impl Mutex {
     /// # Cancel safety
     ///
     /// Cancel safe (a read).
+    ///
+    /// ```no_run
+    /// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
+    /// use coord_lock::Mutex;
+    ///
+    /// if let Some(holder) = Mutex::new(&session, "compaction")?.holder().await? {
+    ///     println!("held by {} since revision {}", holder.key, holder.token);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn holder(&self) -> Result<Option<Holder>> {
         let resp = self
             .session
@@ -286,6 +322,18 @@ impl MutexGuard {
     /// # Cancel safety
     ///
     /// Cancel safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
+    /// use coord_lock::Mutex;
+    ///
+    /// let guard = Mutex::new(&session, "singleton-job")?.lock().await?;
+    /// tokio::select! {
+    ///     _ = guard.lost() => eprintln!("lock lost: stop the job"),
+    ///     _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => guard.unlock().await?,
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn lost(&self) {
         key_lost(&self.held.session, &self.held.ownership).await;
     }

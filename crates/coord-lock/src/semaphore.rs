@@ -234,6 +234,20 @@ impl Semaphore {
     /// # Cancel safety
     ///
     /// Cancel safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
+    /// use coord_lock::{Error, Limit, Semaphore};
+    /// use std::time::Duration;
+    ///
+    /// let builds = Semaphore::new(&session, "builds", Limit::Fixed(4))?;
+    /// match builds.acquire_timeout(Duration::from_secs(30)).await {
+    ///     Ok(permit) => permit.release().await?,
+    ///     Err(Error::TimedOut { .. }) => eprintln!("all build slots busy for 30 s"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Permit> {
         match tokio::time::timeout(timeout, self.acquire()).await {
             Ok(result) => result,
@@ -254,6 +268,19 @@ impl Semaphore {
     /// # Cancel safety
     ///
     /// Cancel safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
+    /// use coord_lock::{Error, Limit, Semaphore};
+    ///
+    /// let builds = Semaphore::new(&session, "builds", Limit::Fixed(4))?;
+    /// match builds.try_acquire().await {
+    ///     Ok(permit) => permit.release().await?,
+    ///     Err(Error::WouldBlock { .. }) => eprintln!("busy, try later"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn try_acquire(&self) -> Result<Permit> {
         self.session.check_alive()?;
         let local = self
@@ -317,6 +344,20 @@ impl Semaphore {
     ///
     /// Cancel safe while waiting (the waiting key is removed). If dropped after the grant was
     /// written, the slot is held; `acquire_as` again returns it.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
+    /// use coord_lock::{Durability, Limit, Semaphore};
+    /// use std::time::Duration;
+    ///
+    /// let reboots = Semaphore::new(&session, "reboot/workers", Limit::Stored { default: 1 })?;
+    /// // This machine may reboot; the slot survives the reboot and is released after it.
+    /// let slot = reboots.acquire_as("node-17", Durability::Expires(Duration::from_secs(3600))).await?;
+    /// println!("{} holds {} (token {})", slot.id(), slot.key(), slot.token());
+    /// // … after the reboot, from the same or another process:
+    /// reboots.release_as("node-17").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn acquire_as(&self, id: &str, durability: Durability) -> Result<DurableSlot> {
         self.durable(id, durability, true).await
     }
@@ -332,6 +373,19 @@ impl Semaphore {
     /// # Cancel safety
     ///
     /// As [`acquire_as`](Self::acquire_as).
+    ///
+    /// ```no_run
+    /// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
+    /// use coord_lock::{Durability, Error, Limit, Semaphore};
+    ///
+    /// let reboots = Semaphore::new(&session, "reboot/workers", Limit::Stored { default: 1 })?;
+    /// match reboots.try_acquire_as("node-17", Durability::UntilReleased).await {
+    ///     Ok(_) => println!("go ahead and reboot"),
+    ///     Err(Error::WouldBlock { .. }) => println!("another machine is rebooting"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn try_acquire_as(&self, id: &str, durability: Durability) -> Result<DurableSlot> {
         self.durable(id, durability, false).await
     }
@@ -418,6 +472,19 @@ impl Semaphore {
     /// # Cancel safety
     ///
     /// Cancel safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
+    /// use coord_lock::{Limit, Semaphore};
+    ///
+    /// let reboots = Semaphore::new(&session, "reboot/workers", Limit::Stored { default: 1 })?;
+    /// for holder in reboots.holders().await? {
+    ///     println!("{} since {:?} (token {})", holder.id, holder.since, holder.token);
+    /// }
+    /// // node-3 died mid-reboot and will not come back:
+    /// reboots.force_release("node-3").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn force_release(&self, id: &str) -> Result<bool> {
         validate_segment(id)?;
         let client = self.session.client();
@@ -466,6 +533,16 @@ impl Semaphore {
     /// # Cancel safety
     ///
     /// Cancel safe: the write either happened or not.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
+    /// use coord_lock::{Limit, Semaphore};
+    ///
+    /// let reboots = Semaphore::new(&session, "reboot/workers", Limit::Stored { default: 1 })?;
+    /// reboots.set_limit(3).await?; // a maintenance window: three at a time
+    /// assert_eq!(reboots.limit().await?, 3);
+    /// # Ok(()) }
+    /// ```
     pub async fn set_limit(&self, limit: u32) -> Result<()> {
         let limit = Limit::validate(limit)?;
         if let Limit::Fixed(_) = self.limit {
@@ -776,6 +853,18 @@ impl Permit {
     /// # Cancel safety
     ///
     /// Cancel safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
+    /// use coord_lock::{Limit, Semaphore};
+    ///
+    /// let permit = Semaphore::new(&session, "exports", Limit::Fixed(2))?.acquire().await?;
+    /// tokio::select! {
+    ///     _ = permit.lost() => eprintln!("permit lost: stop exporting"),
+    ///     _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => permit.release().await?,
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn lost(&self) {
         key_lost(&self.held.session, &self.held.ownership).await;
     }
