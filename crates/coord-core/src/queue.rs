@@ -64,6 +64,24 @@ pub struct Enqueued {
 /// in-flight request has settled), so an acquisition that fails or is cancelled leaves nothing in
 /// etcd. Hand the key over to a guard with [`Entry::into_parts`], or drop the obligation with
 /// [`Entry::forget`] when the key is not this caller's to remove.
+///
+/// A minimal lock on top of it (coord-lock's `Mutex` is this, plus local exclusion and guards):
+///
+/// ```no_run
+/// # async fn demo(session: coord_core::Session) -> coord_core::Result<()> {
+/// use coord_core::queue::{Entry, release, wait_until_first};
+///
+/// let prefix = session.client().key("jobs/");
+/// let key = format!("{prefix}{}", session.lease_id());
+/// let mut entry = Entry::enqueue(&session, key, &prefix, Vec::new());
+/// let enqueued = entry.settle().await?;
+/// wait_until_first(&session, &prefix, enqueued.revision).await?;
+/// let (ownership, _) = entry.into_parts(); // we hold it now; nothing is removed on drop
+/// if let Some(ownership) = ownership {
+///     release(session.client(), &ownership).await?;
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Entry {
     session: Session,

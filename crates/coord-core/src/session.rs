@@ -417,6 +417,21 @@ impl Session {
     }
 
     /// A receiver of state changes, as a [`tokio::sync::watch`] channel.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: coord_core::Client) -> coord_core::Result<()> {
+    /// use coord_core::{Session, SessionState};
+    /// use std::time::Duration;
+    ///
+    /// let session = Session::new(client, Duration::from_secs(10)).await?;
+    /// let mut state = session.subscribe();
+    /// tokio::spawn(async move {
+    ///     if let Ok(end) = state.wait_for(|s| !s.is_alive()).await {
+    ///         eprintln!("session ended: {:?}", *end);
+    ///     }
+    /// });
+    /// # Ok(()) }
+    /// ```
     pub fn subscribe(&self) -> watch::Receiver<SessionState> {
         self.handle.shared.state.subscribe()
     }
@@ -432,6 +447,19 @@ impl Session {
     /// # Cancel safety
     ///
     /// Cancel safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: coord_core::Client) -> coord_core::Result<()> {
+    /// use coord_core::Session;
+    /// use std::time::Duration;
+    ///
+    /// let session = Session::new(client, Duration::from_secs(10)).await?;
+    /// tokio::select! {
+    ///     end = session.ended() => eprintln!("stopping: session {end:?}"),
+    ///     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn ended(&self) -> SessionState {
         self.handle.shared.ended.cancelled().await;
         self.state()
@@ -469,6 +497,20 @@ impl Session {
     /// [`SessionState::Closed`]; guards bound to it report loss.
     ///
     /// This is Go's `Session.Orphan()`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: coord_core::Client) -> coord_core::Result<()> {
+    /// use coord_core::Session;
+    /// use std::time::Duration;
+    ///
+    /// // The old process hands its lease (and every key bound to it) over …
+    /// let old = Session::new(client.clone(), Duration::from_secs(30)).await?;
+    /// let lease = old.detach().await;
+    /// // … and the new one (here: the same process) keeps it alive from now on.
+    /// let new = Session::builder(client).resume(lease).start().await?;
+    /// assert_eq!(new.lease_id(), lease);
+    /// # Ok(()) }
+    /// ```
     pub async fn detach(self) -> LeaseId {
         if let Some(task) = self.stop_task(true) {
             let _ = task.await;
