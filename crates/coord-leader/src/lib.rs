@@ -1,12 +1,71 @@
 //! # coord-leader — leader election over etcd
 //!
-//! This crate will hold an `Election` wire-compatible with etcd's Go `concurrency.Election` (and so with
-//! `etcdctl elect` and the server's Campaign RPC), observers that also report "no leader", and a runner
-//! that executes work only while this process is leader. The key layout is described in
-//! `docs/wire-format.md`.
+//! | item | what it is for |
+//! |---|---|
+//! | [`Election`] → [`Leadership`] | campaign, lead, proclaim, resign; wire-compatible with etcd's Go `concurrency.Election` (so with `etcdctl elect` and the server's Campaign RPC) |
+//! | [`leader`] | who leads now (one read) |
 //!
-//! Nothing is implemented yet; it stands on [`coord_core`] (sessions, fencing, errors), which is usable
-//! today.
+//! The key layout and the differences from Go are in `docs/design/election.md`, together with the
+//! timing model: how long a crashed leader blocks failover and how fast a graceful hand-off is.
+//!
+//! ## Campaign, lead, resign
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use coord_core::{ClientConfig, Session};
+//! use coord_leader::Election;
+//! use std::time::Duration;
+//!
+//! let client = ClientConfig::new(["http://127.0.0.1:2379"]).connect().await?;
+//! let session = Session::new(client.clone(), Duration::from_secs(10)).await?;
+//! let election = Election::new(&session, "scheduler")?;
+//!
+//! let leadership = election.campaign("node-1").await?; // waits until this candidate leads
+//! leadership.proclaim("node-1 (busy)").await?;         // observers see the new value
+//! leadership.resign().await?;                           // the next candidate leads at once
+//! # Ok(()) }
+//! ```
+//!
+//! ## Safety: fence the leader's writes
+//!
+//! Leadership is a lease. A leader that pauses (GC, swap, a stopped VM) can wake up after its
+//! session expired and a standby took over; [`Leadership::lost`] and the session's state are only
+//! early warnings. The guarantee is to make each write that only the leader may do conditional on
+//! [`Leadership::owns`], in the same etcd transaction:
+//!
+//! ```no_run
+//! # async fn demo(client: coord_core::Client, leadership: coord_leader::Leadership) -> coord_leader::Result<()> {
+//! use coord_core::etcd_client::{Txn, TxnOp};
+//!
+//! let write = Txn::new().when([leadership.owns()]).and_then([TxnOp::put("jobs/plan", "…", None)]);
+//! if !client.txn(write).await?.succeeded() {
+//!     eprintln!("no longer leader; nothing was written");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The fencing token ([`Leadership::token`], the key's create revision) grows with every term, so
+//! systems outside etcd can reject writes from older leaders too.
+//!
+//! ## Who leads
+//!
+//! ```no_run
+//! # async fn demo(client: coord_core::Client) -> coord_leader::Result<()> {
+//! if let Some(info) = coord_leader::leader(&client, "scheduler").await? {
+//!     println!("{} leads with token {}", info.value_str().unwrap_or("?"), info.token);
+//! }
+//! # Ok(()) }
+//! ```
+
 #![forbid(unsafe_code)]
 
+mod election;
+mod error;
+mod leader;
+mod leadership;
+
 pub use coord_core;
+pub use election::{Election, MAX_REQUEST_BYTES};
+pub use error::{Error, Result};
+pub use leader::{LeaderInfo, leader};
+pub use leadership::Leadership;
