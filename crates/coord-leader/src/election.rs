@@ -7,6 +7,7 @@ use coord_core::etcd_client::{PutOptions, Txn, TxnOp};
 use coord_core::keys::{lease_key, queue_prefix, validate_name};
 use coord_core::queue::{Entry, lease_gone, local_slot, session_end_error, wait_until_first};
 use coord_core::{Ownership, Session};
+use tokio::sync::watch;
 
 use crate::leader::read_leader;
 use crate::{Error, LeaderInfo, Leadership, Result};
@@ -246,6 +247,28 @@ impl Election {
     /// ```
     pub async fn leader(&self) -> Result<Option<LeaderInfo>> {
         read_leader(self.session.client(), &self.prefix).await
+    }
+
+    /// Follows the election's leader: [`crate::observe`] on the session's client.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::observe`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(election: coord_leader::Election) -> coord_leader::Result<()> {
+    /// let mut leader = election.observe().await?;
+    /// while leader.changed().await.is_ok() {
+    ///     println!("leader now: {:?}", leader.borrow().as_ref().map(|l| l.key.clone()));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn observe(&self) -> Result<watch::Receiver<Option<LeaderInfo>>> {
+        crate::observe(self.session.client(), &self.name).await
     }
 }
 

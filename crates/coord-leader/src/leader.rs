@@ -7,7 +7,8 @@ use coord_core::{Client, FencingToken, LeaseId, Ownership};
 
 use crate::Result;
 
-/// The leader of an election, as read by [`leader`].
+/// The leader of an election, as read by [`leader`] or reported by an observer
+/// ([`observe`](crate::observe)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LeaderInfo {
@@ -54,10 +55,15 @@ impl LeaderInfo {
     pub fn ownership(&self) -> Ownership {
         Ownership::new(self.key.clone(), self.token.revision())
     }
+
+    /// The same leader with the same value (`since` aside).
+    pub(crate) fn same_state(&self, other: &LeaderInfo) -> bool {
+        self.key == other.key && self.token == other.token && self.value == other.value
+    }
 }
 
 /// The current leader of election `name` (under the client's namespace), or `None` when nobody
-/// campaigns. This is one linearizable read.
+/// campaigns. This is one linearizable read; to follow changes, use [`observe`](crate::observe).
 ///
 /// The leader is the key with the lowest create revision under `namespace + name + "/"`, the
 /// rule of Go's `Election.Leader` (which reports "no leader" as an error instead).

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`Election`] → [`Leadership`] | campaign, lead, proclaim, resign; wire-compatible with etcd's Go `concurrency.Election` (so with `etcdctl elect` and the server's Campaign RPC) |
 //! | [`leader`] | who leads now (one read) |
+//! | [`observe`] → `watch::Receiver<Option<LeaderInfo>>` | follow every leader change, including "no leader"; one etcd watch per process and election |
 //!
 //! The key layout and the differences from Go are in `docs/design/election.md`, together with the
 //! timing model: how long a crashed leader blocks failover and how fast a graceful hand-off is.
@@ -56,16 +57,28 @@
 //! }
 //! # Ok(()) }
 //! ```
-
+//!
+//! ## Observe
+//!
+//! ```no_run
+//! # async fn demo(client: coord_core::Client) -> coord_leader::Result<()> {
+//! let mut leader = coord_leader::observe(&client, "scheduler").await?;
+//! // Wait until someone leads.
+//! let info = leader.wait_for(|l| l.is_some()).await.ok().and_then(|l| l.clone());
+//! println!("leader: {:?}", info.map(|l| l.key));
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 
 mod election;
 mod error;
 mod leader;
 mod leadership;
+mod observe;
 
 pub use coord_core;
 pub use election::{Election, MAX_REQUEST_BYTES};
 pub use error::{Error, Result};
 pub use leader::{LeaderInfo, leader};
 pub use leadership::Leadership;
+pub use observe::observe;

@@ -437,6 +437,10 @@ async fn invalid_names_are_rejected_before_anything_is_written() {
             coord_leader::leader(&client, name).await,
             Err(Error::Core(CoreError::InvalidName { .. }))
         ));
+        assert!(matches!(
+            coord_leader::observe(&client, name).await,
+            Err(Error::Core(CoreError::InvalidName { .. }))
+        ));
     }
     nothing_written(&client).await;
 }

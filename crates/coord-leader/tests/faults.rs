@@ -76,3 +76,74 @@ async fn a_waiting_campaign_rederives_its_predecessor_after_compaction() {
     assert_eq!(next.session().lease_id(), standby_session.lease_id());
     assert!(standby_session.is_alive());
 }
+
+/// The observer's stream breaks while the leader changes; with `compact` the revision it would
+/// resume from is compacted too. Either way it ends up reporting the new leader.
+async fn observer_follows_a_change_made_while_it_was_cut_off(compact: bool) {
+    let etcd = Etcd::start().await.unwrap();
+    let proxy = FaultProxy::start(etcd.client_addr()).await.unwrap();
+    let (direct, via_proxy) = clients(&etcd, &proxy).await;
+    let (a, b) = (
+        Session::new(direct.clone(), Duration::from_secs(10))
+            .await
+            .unwrap(),
+        Session::new(direct.clone(), Duration::from_secs(10))
+            .await
+            .unwrap(),
+    );
+    let first = Election::new(&a, "e").unwrap().campaign("a").await.unwrap();
+    let mut observed = coord_leader::observe(&via_proxy, "e").await.unwrap();
+    assert_eq!(
+        observed.borrow().as_ref().map(|l| l.key.clone()),
+        Some(first.key().to_owned())
+    );
+
+    proxy.blackhole();
+    proxy.cut();
+    let standby = Election::new(&b, "e").unwrap();
+    let waiting = tokio::spawn({
+        let standby = standby.clone();
+        async move { standby.campaign("b").await }
+    });
+    queue_len_becomes(&direct, standby.prefix(), 2).await;
+    first.resign().await.unwrap();
+    let second = tokio::time::timeout(BOUND, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    if compact {
+        etcd.compact().await.unwrap();
+    }
+    // Cut off, the observer cannot know yet.
+    assert!(!observed.has_changed().unwrap());
+    proxy.heal();
+
+    let now = tokio::time::timeout(
+        BOUND,
+        observed.wait_for(|l| l.as_ref().is_some_and(|l| l.key == second.key())),
+    )
+    .await
+    .expect("the observer never caught up")
+    .unwrap()
+    .clone()
+    .unwrap();
+    assert_eq!(now.token, second.token());
+
+    // And it keeps following: the last candidate leaves.
+    second.resign().await.unwrap();
+    tokio::time::timeout(BOUND, observed.wait_for(Option::is_none))
+        .await
+        .expect("no-leader not reported after the reconnect")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_observer_resumes_after_a_reconnect() {
+    observer_follows_a_change_made_while_it_was_cut_off(false).await;
+}
+
+#[tokio::test]
+async fn an_observer_reads_again_after_compaction() {
+    observer_follows_a_change_made_while_it_was_cut_off(true).await;
+}

@@ -108,14 +108,23 @@ async fn go_sees_our_proclaim_and_we_see_gos() {
         .campaign(client.key("go"), "g1", go_session.lease_id().get())
         .await
         .unwrap();
+    let mut observed = coord_leader::observe(&client, "go").await.unwrap();
+    assert_eq!(observed.borrow().as_ref().unwrap().value, b"g1");
     go.proclaim(
         "g2",
         Some(ProclaimOptions::new().with_leader(go_leader.leader().unwrap().clone())),
     )
     .await
     .unwrap();
-    let now = coord_leader::leader(&client, "go").await.unwrap().unwrap();
-    assert_eq!(now.value, b"g2");
+    let now = tokio::time::timeout(
+        BOUND,
+        observed.wait_for(|l| l.as_ref().is_some_and(|l| l.value == b"g2")),
+    )
+    .await
+    .expect("our observer missed Go's proclaim")
+    .unwrap()
+    .clone()
+    .unwrap();
     assert_eq!(now.token.revision(), go_leader.leader().unwrap().rev());
 }
 
