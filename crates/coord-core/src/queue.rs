@@ -13,14 +13,16 @@
 //! - [`local_slot`]: in-process exclusion for holders sharing one session and one key.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex as StdMutex, PoisonError, Weak};
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    Compare, CompareOp, GetOptions, GetResponse, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse,
 };
 use tokio::sync::OwnedMutexGuard;
-use tokio::task::JoinHandle;
 
 use crate::watch::wait_deleted;
 use crate::{Client, Error, LeaseId, Ownership, Result, RetryPolicy, Session};
@@ -44,7 +46,7 @@ pub fn last_created_before(revision: i64) -> GetOptions {
 }
 
 /// The outcome of putting a key into the queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Enqueued {
     /// The key's create revision (a fresh put's revision, or the existing key's).
@@ -54,8 +56,19 @@ pub struct Enqueued {
     pub created: bool,
     /// The existing key's value when it was not created by this call.
     pub existing_value: Option<Vec<u8>>,
-    /// The create revision of the head of the queue.
-    pub first: Option<i64>,
+    /// The responses of the reads sent with the put (see [`Entry::enqueue_reading`]), in order.
+    /// In [`Entry::enqueue`]'s case: the head of the queue.
+    pub reads: Vec<GetResponse>,
+}
+
+impl Enqueued {
+    /// The create revision of the head of the queue, for an entry made by [`Entry::enqueue`].
+    pub fn first(&self) -> Option<i64> {
+        self.reads
+            .first()
+            .and_then(|r| r.kvs().first())
+            .map(|kv| kv.create_revision())
+    }
 }
 
 /// A key being put into a queue, and the obligation to remove it again.
@@ -90,10 +103,21 @@ pub struct Entry {
     local: Option<OwnedMutexGuard<()>>,
 }
 
+/// The enqueue request. It is polled in place by [`Entry::settle`] (no task on the fast path);
+/// an entry dropped while it is in flight moves it to a task that finishes it and then removes the
+/// key, so the outcome is never lost.
+struct Request(Pin<Box<dyn Future<Output = Result<Enqueued>> + Send>>);
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Request(..)")
+    }
+}
+
 #[derive(Debug)]
 enum EntryState {
-    /// The enqueue transaction is in flight in its own task.
-    InFlight(JoinHandle<Result<Enqueued>>),
+    /// The enqueue transaction is in flight.
+    InFlight(Request),
     /// The key exists (or existed) with this create revision.
     Known(Ownership),
     /// The enqueue failed in a way that hides whether its put was applied.
@@ -103,28 +127,45 @@ enum EntryState {
 }
 
 impl Entry {
-    /// Sends Go's `tryAcquire` transaction —
+    /// Prepares Go's `tryAcquire` transaction —
     /// `if create_revision(key) == 0 then put(key, value, lease) + get(head) else get(key) + get(head)`
-    /// — with the session's lease, in its own task: if the caller is cancelled while it is in
-    /// flight, the outcome is still learned and the key removed exactly.
+    /// — with the session's lease; [`settle`](Self::settle) sends it. If the caller is cancelled
+    /// while it is in flight, the outcome is still learned and the key removed exactly.
     pub fn enqueue(
         session: &Session,
         key: impl Into<String>,
         prefix: &str,
         value: Vec<u8>,
     ) -> Entry {
+        Entry::enqueue_reading(
+            session,
+            key,
+            value,
+            vec![TxnOp::get(prefix, Some(first_by_create()))],
+        )
+    }
+
+    /// Like [`enqueue`](Self::enqueue) with other reads in the same transaction:
+    /// `if create_revision(key) == 0 then put(key, value, lease) + reads else get(key) + reads`.
+    /// The reads see the put (when it happens); their responses are [`Enqueued::reads`].
+    pub fn enqueue_reading(
+        session: &Session,
+        key: impl Into<String>,
+        value: Vec<u8>,
+        reads: Vec<TxnOp>,
+    ) -> Entry {
         let key = key.into();
-        let task = tokio::spawn(enqueue(
+        let request = enqueue(
             session.client().clone(),
             key.clone(),
-            prefix.to_owned(),
             session.lease_id(),
             value,
-        ));
+            reads,
+        );
         Entry {
             session: session.clone(),
             key,
-            state: EntryState::InFlight(task),
+            state: EntryState::InFlight(Request(Box::pin(request))),
             local: None,
         }
     }
@@ -142,30 +183,25 @@ impl Entry {
     /// # Errors
     ///
     /// [`Error::SessionLost`] when the session's lease no longer exists; the request's own errors
-    /// (the key is then removed if it was written after all); [`Error::Shutdown`] when the
-    /// runtime is shutting down.
+    /// (the key is then removed if it was written after all); [`Error::Shutdown`] when called
+    /// again after the entry settled.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: the request continues, and dropping the entry removes its key.
     pub async fn settle(&mut self) -> Result<Enqueued> {
-        let EntryState::InFlight(task) = &mut self.state else {
+        let EntryState::InFlight(request) = &mut self.state else {
             return Err(Error::Shutdown);
         };
-        let outcome = task.await;
-        match outcome {
-            Ok(Ok(enqueued)) => {
+        match request.0.as_mut().await {
+            Ok(enqueued) => {
                 self.state = EntryState::Known(Ownership::new(self.key.clone(), enqueued.revision));
                 Ok(enqueued)
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 // A timeout may hide an applied put: remove a key of this lease if there is one.
                 self.state = EntryState::Unknown(self.session.lease_id());
                 Err(error)
-            }
-            Err(_) => {
-                self.state = EntryState::Done;
-                Err(Error::Shutdown)
             }
         }
     }
@@ -225,7 +261,7 @@ impl Drop for Entry {
             EntryState::Done => return,
             EntryState::Known(ownership) => Owed::Key(ownership),
             EntryState::Unknown(lease) => Owed::Leased(self.key.clone(), lease),
-            EntryState::InFlight(task) => Owed::InFlight(self.key.clone(), task),
+            EntryState::InFlight(request) => Owed::InFlight(self.key.clone(), request),
         };
         spawn_removal(&self.session, owed, self.local.take());
     }
@@ -234,27 +270,27 @@ impl Drop for Entry {
 enum Owed {
     Key(Ownership),
     Leased(String, LeaseId),
-    InFlight(String, JoinHandle<Result<Enqueued>>),
+    InFlight(String, Request),
 }
 
 async fn enqueue(
     client: Client,
     key: String,
-    prefix: String,
     lease: LeaseId,
     value: Vec<u8>,
+    reads: Vec<TxnOp>,
 ) -> Result<Enqueued> {
     let put = PutOptions::new().with_lease(lease.get());
+    let then: Vec<TxnOp> = std::iter::once(TxnOp::put(key.clone(), value, Some(put)))
+        .chain(reads.iter().cloned())
+        .collect();
+    let otherwise: Vec<TxnOp> = std::iter::once(TxnOp::get(key.clone(), None))
+        .chain(reads)
+        .collect();
     let txn = Txn::new()
         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-        .and_then([
-            TxnOp::put(key.clone(), value, Some(put)),
-            TxnOp::get(prefix.clone(), Some(first_by_create())),
-        ])
-        .or_else([
-            TxnOp::get(key.clone(), None),
-            TxnOp::get(prefix, Some(first_by_create())),
-        ]);
+        .and_then(then)
+        .or_else(otherwise);
     let resp = match client.txn(txn).await {
         Ok(resp) => resp,
         // The put names a lease that is gone: the session expired under us.
@@ -262,15 +298,17 @@ async fn enqueue(
         Err(e) => return Err(e),
     };
     let header_revision = resp.header().map_or(0, |h| h.revision());
-    let responses = resp.op_responses();
-    let first = match responses.get(1) {
-        Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.create_revision()),
-        _ => None,
-    };
-    let existing = match responses.first() {
+    let mut responses = resp.op_responses().into_iter();
+    let existing = match responses.next() {
         Some(TxnOpResponse::Get(get)) if !resp.succeeded() => get.kvs().first().cloned(),
         _ => None,
     };
+    let reads = responses
+        .filter_map(|r| match r {
+            TxnOpResponse::Get(get) => Some(get),
+            _ => None,
+        })
+        .collect();
     let revision = existing
         .as_ref()
         .map_or(header_revision, |kv| kv.create_revision());
@@ -278,7 +316,7 @@ async fn enqueue(
         revision,
         created: resp.succeeded(),
         existing_value: existing.map(|kv| kv.value().to_vec()),
-        first,
+        reads,
     })
 }
 
@@ -324,10 +362,9 @@ fn spawn_removal(session: &Session, owed: Owed, local: Option<OwnedMutexGuard<()
     runtime.spawn(async move {
         let ownership = match owed {
             Owed::Key(ownership) => ownership,
-            Owed::InFlight(key, task) => match task.await {
-                Ok(Ok(enqueued)) => Ownership::new(key, enqueued.revision),
-                Ok(Err(_)) => return remove_if_leased(&session, key, session.lease_id(), local).await,
-                Err(_) => return drop(local),
+            Owed::InFlight(key, request) => match request.0.await {
+                Ok(enqueued) => Ownership::new(key, enqueued.revision),
+                Err(_) => return remove_if_leased(&session, key, session.lease_id(), local).await,
             },
             Owed::Leased(key, lease) => return remove_if_leased(&session, key, lease, local).await,
         };

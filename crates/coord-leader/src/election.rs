@@ -204,7 +204,7 @@ impl Election {
                 return Err(error);
             }
         }
-        if enqueued.first != Some(enqueued.revision) {
+        if enqueued.first() != Some(enqueued.revision) {
             // Predecessor watch: docs/design/election.md §2.
             wait_until_first(&self.session, &self.prefix, enqueued.revision).await?;
             // No phantom leader: the predecessor is gone, but is our key still there?

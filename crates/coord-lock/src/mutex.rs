@@ -223,7 +223,7 @@ impl Mutex {
         let enqueued = entry.settle().await?;
         let ownership = Ownership::new(self.key.clone(), enqueued.revision);
 
-        if enqueued.first != Some(enqueued.revision) {
+        if enqueued.first() != Some(enqueued.revision) {
             if !wait {
                 if enqueued.created {
                     // Our fresh key must not stay in the queue (if this fails, dropping the entry

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coord_core::etcd_client::{
-    Compare, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    Compare, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use coord_core::keys::{lease_key, queue_prefix, validate_name, validate_segment};
 use coord_core::watch::{wait_changed, wait_prefix_deleted};
@@ -15,7 +15,7 @@ use coord_core::{Error as CoreError, FencingToken, Ownership, Session};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
 
-use coord_core::queue::{Entry, key_lost, local_slot, read_retry, session_end_error};
+use coord_core::queue::{Enqueued, Entry, key_lost, local_slot, read_retry, session_end_error};
 
 use crate::held::Held;
 use crate::{Error, Result};
@@ -295,30 +295,45 @@ impl Semaphore {
 
     async fn acquire_session(&self, local: OwnedMutexGuard<()>, wait: bool) -> Result<Permit> {
         let holder = self.session.lease_id().to_string();
-        let mut entry = Entry::enqueue(
+        let mut entry = Entry::enqueue_reading(
             &self.session,
             self.key.clone(),
-            &self.prefix,
             Record::new(&holder, false).encode(),
+            self.enqueue_reads(),
         )
         .holding(local);
         let enqueued = entry.settle().await?;
         let ownership = Ownership::new(self.key.clone(), enqueued.revision);
         let lease = KeyLease::Keep;
-        if wait {
-            self.wait_for_grant(&ownership, &holder, lease).await?;
-        } else if !matches!(
-            self.evaluate(&ownership, &holder, lease).await?,
-            Place::Granted
-        ) {
-            if enqueued.created {
-                let _ = entry.remove().await;
-            } else {
-                entry.forget();
+        match self.place_at_enqueue(&enqueued, &ownership) {
+            Some(Place::Granted) => {
+                if self.marks_every_grant() {
+                    self.mark_held(&ownership, &holder, lease).await?;
+                }
             }
-            return Err(Error::WouldBlock {
-                name: self.prefix.clone(),
-            });
+            place if wait => {
+                self.wait_for_grant(&ownership, &holder, lease, place)
+                    .await?
+            }
+            place => {
+                let granted = match place {
+                    Some(_) => false,
+                    None => matches!(
+                        self.evaluate(&ownership, &holder, lease).await?,
+                        Place::Granted
+                    ),
+                };
+                if !granted {
+                    if enqueued.created {
+                        let _ = entry.remove().await;
+                    } else {
+                        entry.forget();
+                    }
+                    return Err(Error::WouldBlock {
+                        name: self.prefix.clone(),
+                    });
+                }
+            }
         }
         let (_, local) = entry.into_parts();
         Ok(Permit {
@@ -403,11 +418,11 @@ impl Semaphore {
         }
         self.session.check_alive()?;
         let key = self.durable_key(id);
-        let mut entry = Entry::enqueue(
+        let mut entry = Entry::enqueue_reading(
             &self.session,
             key.clone(),
-            &self.prefix,
             Record::new(id, false).encode(),
+            self.enqueue_reads(),
         );
         let enqueued = entry.settle().await?;
         let ownership = Ownership::new(key.clone(), enqueued.revision);
@@ -427,13 +442,22 @@ impl Semaphore {
             });
         }
         let lease = KeyLease::Durable(durability);
-        if wait {
-            self.wait_for_grant(&ownership, id, lease).await?;
-        } else if !matches!(self.evaluate(&ownership, id, lease).await?, Place::Granted) {
-            let _ = entry.remove().await;
-            return Err(Error::WouldBlock {
-                name: self.prefix.clone(),
-            });
+        match self.place_at_enqueue(&enqueued, &ownership) {
+            // A durable grant always writes: it moves the key off the waiter's session.
+            Some(Place::Granted) => self.mark_held(&ownership, id, lease).await?,
+            place if wait => self.wait_for_grant(&ownership, id, lease, place).await?,
+            place => {
+                let granted = match place {
+                    Some(_) => false,
+                    None => matches!(self.evaluate(&ownership, id, lease).await?, Place::Granted),
+                };
+                if !granted {
+                    let _ = entry.remove().await;
+                    return Err(Error::WouldBlock {
+                        name: self.prefix.clone(),
+                    });
+                }
+            }
         }
         entry.forget();
         Ok(DurableSlot {
@@ -580,11 +604,13 @@ impl Semaphore {
             .client()
             .get(self.prefix.clone(), Some(options))
             .await?;
+        let limit = usize::try_from(self.limit().await?).unwrap_or(usize::MAX);
         let durable_prefix = format!("{}{DURABLE_MARK}", self.prefix);
         Ok(read
             .kvs()
             .iter()
-            .map(|kv| {
+            .enumerate()
+            .map(|(position, kv)| {
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
                 let record = Record::decode(kv.value());
                 let durable = key.starts_with(&durable_prefix);
@@ -592,7 +618,9 @@ impl Semaphore {
                 HolderInfo {
                     id: record.as_ref().map_or(fallback_id, |r| r.holder.clone()),
                     token: FencingToken::new(kv.create_revision()),
-                    held: record.as_ref().is_none_or(|r| r.held),
+                    // The first `limit` hold; beyond them, holders marked before the limit was
+                    // lowered.
+                    held: position < limit || record.as_ref().is_some_and(|r| r.held),
                     durable,
                     since: UNIX_EPOCH
                         + Duration::from_millis(record.as_ref().map_or(0, |r| r.since_ms)),
@@ -626,13 +654,17 @@ impl Semaphore {
         ownership: &Ownership,
         holder: &str,
         lease: KeyLease,
+        mut known: Option<Place>,
     ) -> Result<()> {
         let client = self.session.client();
         loop {
-            let place = tokio::select! {
-                biased;
-                _ = self.session.ended() => return Err(session_end_error(&self.session).into()),
-                place = self.evaluate(ownership, holder, lease) => place?,
+            let place = match known.take() {
+                Some(place) => place,
+                None => tokio::select! {
+                    biased;
+                    _ = self.session.ended() => return Err(session_end_error(&self.session).into()),
+                    place = self.evaluate(ownership, holder, lease) => place?,
+                },
             };
             let woken = match place {
                 Place::Granted => return Ok(()),
@@ -671,8 +703,113 @@ impl Semaphore {
         }
     }
 
-    /// One read of everything the decision needs (own key, rank and predecessor, stored limit),
-    /// and, when the rank is below the limit, one guarded write marking the key held.
+    /// Whether every grant writes a "held" mark. With a stored limit it must: the limit can be
+    /// lowered under existing holders, so rank alone cannot tell a holder from a waiter and waiters
+    /// decide by the marks. With a fixed limit a key of rank ≥ limit is never a holder, waiters
+    /// decide by rank, and only grants after a wait write (to wake the waiter behind);
+    /// docs/design/semaphore.md §2.
+    fn marks_every_grant(&self) -> bool {
+        matches!(self.limit, Limit::Stored { .. })
+    }
+
+    /// How many older keys a decision reads: `limit + 1` with a fixed limit (to tell "first
+    /// waiter" from "behind another waiter" by rank), `limit` with a stored one.
+    fn window(&self, limit: u32) -> u32 {
+        if self.marks_every_grant() {
+            limit
+        } else {
+            limit.saturating_add(1)
+        }
+    }
+
+    fn initial_limit(&self) -> u32 {
+        match self.limit {
+            Limit::Fixed(n) | Limit::Stored { default: n } => n,
+        }
+    }
+
+    fn current_limit(&self, stored: Option<&[u8]>) -> u32 {
+        match self.limit {
+            Limit::Fixed(n) => n,
+            Limit::Stored { default } => parse_limit(stored, default),
+        }
+    }
+
+    /// The reads sent with the enqueue put, so that a free permit is granted in one request: the
+    /// newest keys (the new one first, it is the newest) and the stored limit.
+    fn enqueue_reads(&self) -> Vec<TxnOp> {
+        let window = self.window(self.initial_limit()).saturating_add(1);
+        vec![
+            TxnOp::get(
+                self.prefix.clone(),
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_sort(SortTarget::Create, SortOrder::Descend)
+                        .with_limit(i64::from(window)),
+                ),
+            ),
+            TxnOp::get(self.limit_key.clone(), None),
+        ]
+    }
+
+    /// The place the enqueue transaction's reads show, when they suffice (a freshly created key).
+    fn place_at_enqueue(&self, enqueued: &Enqueued, ownership: &Ownership) -> Option<Place> {
+        if !enqueued.created {
+            return None;
+        }
+        let [newest, stored] = enqueued.reads.as_slice() else {
+            return None;
+        };
+        let read_revision = enqueued.revision;
+        let older: Vec<&KeyValue> = newest
+            .kvs()
+            .iter()
+            .filter(|kv| kv.key() != ownership.key())
+            .collect();
+        let limit = self.current_limit(stored.kvs().first().map(|kv| kv.value()));
+        self.decide(
+            &older,
+            self.window(self.initial_limit()),
+            limit,
+            read_revision,
+        )
+    }
+
+    /// The decision rule (docs/design/semaphore.md §2) from the newest older keys (newest first,
+    /// at most `window` of them). `None` when the window was too small for the limit read.
+    fn decide(
+        &self,
+        older: &[&KeyValue],
+        window: u32,
+        limit: u32,
+        read_revision: i64,
+    ) -> Option<Place> {
+        let seen = u32::try_from(older.len()).unwrap_or(u32::MAX);
+        if seen >= window && self.window(limit) > window {
+            return None;
+        }
+        if seen < limit {
+            return Some(Place::Granted);
+        }
+        let predecessor = older.first()?;
+        let behind = if self.marks_every_grant() {
+            Record::decode(predecessor.value()).is_some_and(|r| !r.held)
+        } else {
+            seen > limit
+        };
+        Some(if behind {
+            Place::Behind {
+                predecessor: predecessor.key().to_vec(),
+                read_revision,
+            }
+        } else {
+            Place::First { read_revision }
+        })
+    }
+
+    /// One read of everything the decision needs (own key, the newest older keys, stored limit),
+    /// and, when granted, one guarded write marking the key held (which wakes the waiter behind).
     async fn evaluate(
         &self,
         ownership: &Ownership,
@@ -683,10 +820,8 @@ impl Semaphore {
         let key = ownership.key().to_vec();
         let revision = ownership.token().revision();
         // etcd's Range `count` ignores the create-revision filter, so the rank is read as a window
-        // of the newest older keys: fewer than `limit` of them means a permit (semaphore.md §2).
-        let mut window = match self.limit {
-            Limit::Fixed(n) | Limit::Stored { default: n } => n,
-        };
+        // of the newest older keys (semaphore.md §2).
+        let mut window = self.window(self.initial_limit());
         loop {
             let read = Txn::new().and_then([
                 TxnOp::get(key.clone(), None),
@@ -706,43 +841,27 @@ impl Semaphore {
             let [mine, older, stored] = gets.as_slice() else {
                 return Err(CoreError::Shutdown.into());
             };
-            let me = mine
+            let Some(me) = mine
                 .kvs()
                 .first()
-                .filter(|kv| kv.create_revision() == revision);
-            let Some(me) = me else {
+                .filter(|kv| kv.create_revision() == revision)
+            else {
                 // Our key is gone: the session expired, or an operator removed it.
                 return Err(crate::gone_or_removed(&self.session, ownership).await);
             };
-            let limit = match self.limit {
-                Limit::Fixed(n) => n,
-                Limit::Stored { default } => {
-                    parse_limit(stored.kvs().first().map(|kv| kv.value()), default)
-                }
-            };
-            let seen = u32::try_from(older.kvs().len()).unwrap_or(u32::MAX);
-            if seen >= window && limit > window {
+            let limit = self.current_limit(stored.kvs().first().map(|kv| kv.value()));
+            let older: Vec<&KeyValue> = older.kvs().iter().collect();
+            let Some(place) = self.decide(&older, window, limit, read_revision) else {
                 // The stored limit is larger than the window read: read a window that large.
-                window = limit;
+                window = self.window(limit);
                 continue;
-            }
-            if seen < limit {
+            };
+            if let Place::Granted = place {
                 if !Record::decode(me.value()).is_some_and(|r| r.held) || lease.changes_on_grant() {
                     self.mark_held(ownership, holder, lease).await?;
                 }
-                return Ok(Place::Granted);
             }
-            return match older.kvs().first() {
-                Some(predecessor)
-                    if Record::decode(predecessor.value()).is_some_and(|r| !r.held) =>
-                {
-                    Ok(Place::Behind {
-                        predecessor: predecessor.key().to_vec(),
-                        read_revision,
-                    })
-                }
-                _ => Ok(Place::First { read_revision }),
-            };
+            return Ok(place);
         }
     }
 

@@ -40,6 +40,7 @@ impl Rng {
 
 struct Shared {
     client: Client,
+    limit: Limit,
     /// Holders that may pass a fence, as the clients count them: incremented after a grant,
     /// decremented before the permit is given up (release, drop, session kill).
     valid: AtomicUsize,
@@ -47,24 +48,36 @@ struct Shared {
     prefix: String,
 }
 
+/// A fixed limit: waiters decide by rank alone, grants at enqueue write no mark.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holders_never_exceed_the_limit_and_everyone_acquires() {
+async fn with_a_fixed_limit_holders_never_exceed_it_and_everyone_acquires() {
+    run(Limit::Fixed(LIMIT), "sem_random_fixed").await;
+}
+
+/// A stored limit: every grant is marked and waiters decide by the marks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_stored_limit_holders_never_exceed_it_and_everyone_acquires() {
+    run(Limit::Stored { default: LIMIT }, "sem_random_stored").await;
+}
+
+async fn run(limit: Limit, label: &str) {
     let seed = std::env::var("COORD_RANDOM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| std::process::id() as u64 * 0x9e37_79b9 + 1);
     println!("COORD_RANDOM_SEED={seed}");
 
-    let client = shared_client("sem_random").await;
+    let client = shared_client(label).await;
     let probe = Session::new(client.clone(), Duration::from_secs(10))
         .await
         .unwrap();
-    let prefix = Semaphore::new(&probe, "slots", Limit::Fixed(LIMIT))
+    let prefix = Semaphore::new(&probe, "slots", limit)
         .unwrap()
         .prefix()
         .to_owned();
     let shared = Arc::new(Shared {
         client: client.clone(),
+        limit,
         valid: AtomicUsize::new(0),
         grants: AtomicUsize::new(0),
         prefix,
@@ -87,16 +100,16 @@ async fn holders_never_exceed_the_limit_and_everyone_acquires() {
     );
 }
 
-async fn new_session(client: &Client) -> (Session, Semaphore) {
-    let session = Session::new(client.clone(), Duration::from_secs(10))
+async fn new_session(shared: &Shared) -> (Session, Semaphore) {
+    let session = Session::new(shared.client.clone(), Duration::from_secs(10))
         .await
         .unwrap();
-    let sem = Semaphore::new(&session, "slots", Limit::Fixed(LIMIT)).unwrap();
+    let sem = Semaphore::new(&session, "slots", shared.limit).unwrap();
     (session, sem)
 }
 
 async fn run_client(shared: Arc<Shared>, mut rng: Rng) {
-    let (mut session, mut sem) = new_session(&shared.client).await;
+    let (mut session, mut sem) = new_session(&shared).await;
     let mut granted = 0;
     while granted < GRANTS_PER_CLIENT {
         match rng.below(10) {
@@ -135,7 +148,7 @@ async fn run_client(shared: Arc<Shared>, mut rng: Rng) {
                         "{e:?}"
                     ),
                 }
-                (session, sem) = new_session(&shared.client).await;
+                (session, sem) = new_session(&shared).await;
             }
             // A normal acquisition, held for a moment, then released, dropped, or lost with the session.
             _ => {
@@ -156,7 +169,7 @@ async fn run_client(shared: Arc<Shared>, mut rng: Rng) {
                             .await
                             .unwrap();
                         drop(permit);
-                        (session, sem) = new_session(&shared.client).await;
+                        (session, sem) = new_session(&shared).await;
                     }
                     _ => permit.release().await.unwrap(),
                 }
