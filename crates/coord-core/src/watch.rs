@@ -60,10 +60,12 @@ pub async fn wait_deleted(
             key: key.into(),
             range_end: None,
             deletes_only: true,
+            created_before: None,
         },
         start_revision,
     )
     .await
+    .map(|(revision, _)| revision)
 }
 
 /// Waits until `key` is written or deleted at or after `start_revision`, and returns the revision
@@ -87,10 +89,12 @@ pub async fn wait_changed(
             key: key.into(),
             range_end: None,
             deletes_only: false,
+            created_before: None,
         },
         start_revision,
     )
     .await
+    .map(|(revision, _)| revision)
 }
 
 /// Waits until any key under `prefix` is deleted at or after `start_revision`, and returns the
@@ -116,16 +120,71 @@ pub async fn wait_prefix_deleted(
             key,
             range_end,
             deletes_only: true,
+            created_before: None,
         },
         start_revision,
     )
     .await
+    .map(|(revision, _)| revision)
+}
+
+/// Waits until a key under `prefix` **created before `created_before`** is deleted, at or after
+/// `start_revision`; deletes of newer keys are skipped without waking the caller. This is the wait
+/// of a queue entry for the keys ahead of it. Same start-revision rule, errors and recovery as
+/// [`wait_deleted`].
+///
+/// Returns `Some(revision)` of a delete known to be of an older key, or `None` for a delete whose
+/// previous value etcd no longer had (compacted): then the caller must re-read to know.
+///
+/// # Errors
+///
+/// As [`wait_deleted`].
+///
+/// # Cancel safety
+///
+/// Cancel safe.
+pub async fn wait_older_deleted(
+    client: &Client,
+    prefix: impl Into<Vec<u8>>,
+    created_before: i64,
+    start_revision: i64,
+) -> Result<Option<i64>> {
+    let key = prefix.into();
+    let range_end = Some(crate::keys::prefix_range_end(&key));
+    let target = Target {
+        key,
+        range_end,
+        deletes_only: true,
+        created_before: Some(created_before),
+    };
+    let (revision, certain) = first_event(client, target, start_revision).await?;
+    Ok(certain.then_some(revision))
 }
 
 struct Target {
     key: Vec<u8>,
     range_end: Option<Vec<u8>>,
     deletes_only: bool,
+    /// Only deletes of keys created before this revision count (read from the previous value).
+    created_before: Option<i64>,
+}
+
+impl Target {
+    /// Whether the event ends the wait, and whether it is certain to be one the caller waits for.
+    fn matches(&self, event: &etcd_client::Event) -> Option<bool> {
+        if !self.deletes_only {
+            return Some(true);
+        }
+        if event.event_type() != EventType::Delete {
+            return None;
+        }
+        match (self.created_before, event.prev_kv()) {
+            (None, _) => Some(true),
+            (Some(before), Some(prev)) => (prev.create_revision() < before).then_some(true),
+            // No previous value (compacted away): wake the caller, who re-reads.
+            (Some(_), None) => Some(false),
+        }
+    }
 }
 
 /// Waits for the first matching event at or after `start_revision`.
@@ -135,7 +194,7 @@ struct Target {
 /// wait opens a *live* watch (no start revision: synced, events after its creation revision `C`
 /// arrive at once) and, only when revisions were committed between `start_revision` and `C`, a
 /// second *gap* watch from `start_revision` on the same stream for the events that already happened.
-async fn first_event(client: &Client, target: Target, start_revision: i64) -> Result<i64> {
+async fn first_event(client: &Client, target: Target, start_revision: i64) -> Result<(i64, bool)> {
     let mut next = start_revision;
     let mut backoff = reconnect_backoff();
     loop {
@@ -149,6 +208,9 @@ async fn first_event(client: &Client, target: Target, start_revision: i64) -> Re
             }
             if let Some(end) = &target.range_end {
                 options = options.with_range(end.clone());
+            }
+            if target.created_before.is_some() {
+                options = options.with_prev_key();
             }
             options
         };
@@ -210,8 +272,8 @@ async fn first_event(client: &Client, target: Target, start_revision: i64) -> Re
                 continue;
             }
             for event in resp.events() {
-                if !target.deletes_only || event.event_type() == EventType::Delete {
-                    return Ok(event.kv().map_or(next, |kv| kv.mod_revision()));
+                if let Some(certain) = target.matches(event) {
+                    return Ok((event.kv().map_or(next, |kv| kv.mod_revision()), certain));
                 }
             }
             // Progress (no events, not a creation reply) on the watch that covers `next` promises

@@ -10,7 +10,7 @@ use coord_core::etcd_client::{
     Compare, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use coord_core::keys::{lease_key, queue_prefix, validate_name, validate_segment};
-use coord_core::watch::{wait_changed, wait_prefix_deleted};
+use coord_core::watch::{wait_changed, wait_older_deleted};
 use coord_core::{Error as CoreError, FencingToken, Ownership, Session};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
@@ -678,10 +678,24 @@ impl Semaphore {
                             Limit::Fixed(_) => std::future::pending().await,
                         }
                     };
+                    let older_deleted = wait_older_deleted(
+                        client,
+                        self.prefix.clone(),
+                        ownership.token().revision(),
+                        read_revision + 1,
+                    );
                     tokio::select! {
                         biased;
                         _ = self.session.ended() => return Err(session_end_error(&self.session).into()),
-                        r = wait_prefix_deleted(client, self.prefix.clone(), read_revision + 1) => r,
+                        r = older_deleted => match r {
+                            // With a fixed limit the first waiter's rank was exactly the limit, and
+                            // nothing older can appear: one older key gone means a free permit.
+                            Ok(Some(_)) if !self.marks_every_grant() => {
+                                self.mark_held(ownership, holder, lease).await?;
+                                return Ok(());
+                            }
+                            other => other.map(|_| 0),
+                        },
                         r = limit_changed => r,
                     }
                 }
