@@ -3,7 +3,7 @@
 /// A specialised `Result` for coord-leader.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What can go wrong when campaigning, leading or resigning.
+/// What can go wrong when campaigning, leading, resigning or running a leadership loop.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -20,7 +20,7 @@ pub enum Error {
         key: String,
     },
 
-    /// A proposal (campaign or proclaim value) does not fit into one etcd request.
+    /// A proposal (campaign or proclaim value, runner identity) does not fit into one etcd request.
     ///
     /// etcd rejects requests over `--max-request-bytes` (1.5 MiB by default); the limit left for
     /// the value depends on the key's length, see [`crate::Election::max_value_len`]. Nothing was
@@ -32,6 +32,11 @@ pub enum Error {
         /// The largest value this election accepts.
         max: usize,
     },
+
+    /// A runner was given an empty identity: observers could not tell its leadership from an
+    /// anonymous one.
+    #[error("the identity is empty")]
+    EmptyIdentity,
 }
 
 impl Error {
@@ -46,7 +51,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Core(e) => e.is_retryable(),
-            Error::NotLeader { .. } | Error::ValueTooLarge { .. } => false,
+            Error::NotLeader { .. } | Error::ValueTooLarge { .. } | Error::EmptyIdentity => false,
         }
     }
 

@@ -5,6 +5,7 @@
 //! | [`Election`] → [`Leadership`] | campaign, lead, proclaim, resign; wire-compatible with etcd's Go `concurrency.Election` (so with `etcdctl elect` and the server's Campaign RPC) |
 //! | [`leader`] | who leads now (one read) |
 //! | [`observe`] → `watch::Receiver<Option<LeaderInfo>>` | follow every leader change, including "no leader"; one etcd watch per process and election |
+//! | [`Runner`] → [`Term`], [`Health`] | embedded leader election: run work only while leading, cancel it on loss, re-campaign with a fresh session, resign on shutdown so a standby takes over at once |
 //!
 //! The key layout and the differences from Go are in `docs/design/election.md`, together with the
 //! timing model: how long a crashed leader blocks failover and how fast a graceful hand-off is.
@@ -68,6 +69,42 @@
 //! println!("leader: {:?}", info.map(|l| l.key));
 //! # Ok(()) }
 //! ```
+//!
+//! ## Run work while leading
+//!
+//! [`Runner`] is the "embedded leader election" loop: it campaigns, calls your closure with a
+//! [`Term`] once elected, cancels the term when the leadership is lost (before the server can
+//! expire the lease), campaigns again with a fresh session, and on shutdown waits for the work
+//! (bounded) and resigns. [`Health`] exposes `is_leader`, the observed leader and counters.
+//!
+//! ```no_run
+//! # async fn sigterm() {}
+//! # async fn demo(client: coord_core::Client) -> coord_leader::Result<()> {
+//! use coord_core::Session;
+//! use coord_leader::{CancellationToken, Runner, Term};
+//! use std::time::Duration;
+//!
+//! let runner = Runner::builder(Session::builder(client).ttl(Duration::from_secs(10)), "scheduler", "node-1")
+//!     .shutdown_grace(Duration::from_secs(5))
+//!     .build()?;
+//! let health = runner.health();
+//! let shutdown = CancellationToken::new();
+//! tokio::spawn({
+//!     let shutdown = shutdown.clone();
+//!     async move {
+//!         sigterm().await; // e.g. tokio::signal::ctrl_c()
+//!         shutdown.cancel(); // the runner resigns; a standby leads at once
+//!     }
+//! });
+//! runner
+//!     .run(shutdown, |term: Term| async move {
+//!         println!("leading, term {} (token {})", term.number(), term.token());
+//!         term.cancelled().await; // real work: fenced writes with `term.owns()`
+//!     })
+//!     .await?;
+//! println!("terms won: {}, lost: {}", health.terms_won(), health.losses());
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 
 mod election;
@@ -75,6 +112,7 @@ mod error;
 mod leader;
 mod leadership;
 mod observe;
+mod runner;
 
 pub use coord_core;
 pub use election::{Election, MAX_REQUEST_BYTES};
@@ -82,3 +120,6 @@ pub use error::{Error, Result};
 pub use leader::{LeaderInfo, leader};
 pub use leadership::Leadership;
 pub use observe::observe;
+pub use runner::{Health, Role, Runner, RunnerBuilder, RunnerStatus, SessionFactory, Term};
+/// Re-exported for [`Runner::run`]'s shutdown signal.
+pub use tokio_util::sync::CancellationToken;
