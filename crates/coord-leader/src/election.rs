@@ -59,6 +59,11 @@ pub(crate) fn check_value(key: &str, value: &[u8]) -> Result<()> {
 ///   the process (the second waits until the first's leadership ends), where Go would let both
 ///   believe they lead.
 ///
+/// Every key under `name + "/"` counts as a candidate — for Go as for coord, so this cannot be
+/// filtered without disagreeing with Go about who leads. Never write other keys under an
+/// election's prefix, and do not nest election names (`jobs` and `jobs/nightly`: the second's
+/// candidates would queue in the first).
+///
 /// ```no_run
 /// # async fn demo(session: coord_core::Session) -> coord_leader::Result<()> {
 /// use coord_leader::Election;
