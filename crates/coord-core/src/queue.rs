@@ -442,6 +442,126 @@ pub async fn wait_until_first(session: &Session, prefix: &str, revision: i64) ->
     }
 }
 
+/// A waiter's predecessor as last read: its key and the revision of the read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Predecessor {
+    /// The predecessor's key.
+    pub key: Vec<u8>,
+    /// The revision of the read that showed it (watches start after it).
+    pub read_revision: i64,
+}
+
+impl Predecessor {
+    /// The predecessor of a key just created by an [`Entry`] whose reads include
+    /// `get(prefix, `[`newest_two`]`())` at `index`: the second-newest key, when the newest is
+    /// the entry's own.
+    pub fn from_enqueue(enqueued: &Enqueued, index: usize, own_key: &[u8]) -> Option<Predecessor> {
+        if !enqueued.created {
+            return None;
+        }
+        let newest = enqueued.reads.get(index)?.kvs();
+        match newest {
+            [me, predecessor, ..] if me.key() == own_key => Some(Predecessor {
+                key: predecessor.key().to_vec(),
+                read_revision: enqueued.revision,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// `Range(prefix)` of the two newest keys: read with a put in the same transaction, the new key
+/// and its predecessor.
+pub fn newest_two() -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Descend)
+        .with_limit(2)
+}
+
+/// How a wait for one's turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Turn {
+    /// No older key remains and the own key is still there: the queue's head.
+    First,
+    /// The own key is gone (the session expired, or an operator deleted it).
+    KeyGone,
+}
+
+/// Like [`wait_until_first`], for a holder that knows its key: each read after a wake-up fetches
+/// the own key and the predecessor in one transaction, and a `predecessor` already known (from the
+/// enqueue transaction, see [`Predecessor::from_enqueue`]) saves the first read. A contended
+/// acquisition then costs the enqueue, one read per wake-up and the release.
+///
+/// # Errors
+///
+/// As [`wait_until_first`].
+///
+/// # Cancel safety
+///
+/// Cancel safe: it only reads and watches.
+pub async fn wait_for_turn(
+    session: &Session,
+    prefix: &str,
+    ownership: &Ownership,
+    mut predecessor: Option<Predecessor>,
+) -> Result<Turn> {
+    let client = session.client();
+    let retry = read_retry();
+    let revision = ownership.token().revision();
+    let read = Txn::new().and_then([
+        TxnOp::get(ownership.key().to_vec(), None),
+        TxnOp::get(prefix, Some(last_created_before(revision))),
+    ]);
+    loop {
+        let current = match predecessor.take() {
+            Some(current) => current,
+            None => {
+                let resp = tokio::select! {
+                    biased;
+                    _ = session.ended() => return Err(session_end_error(session)),
+                    resp = retry.retry(|| client.txn(read.clone())) => resp?,
+                };
+                let read_revision = resp.header().map_or(0, |h| h.revision());
+                let gets: Vec<GetResponse> = resp
+                    .op_responses()
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        TxnOpResponse::Get(get) => Some(get),
+                        _ => None,
+                    })
+                    .collect();
+                let [mine, older] = gets.as_slice() else {
+                    return Err(Error::Shutdown);
+                };
+                if mine
+                    .kvs()
+                    .first()
+                    .is_none_or(|kv| kv.create_revision() != revision)
+                {
+                    return Ok(Turn::KeyGone);
+                }
+                match older.kvs().first() {
+                    None => return Ok(Turn::First),
+                    Some(kv) => Predecessor {
+                        key: kv.key().to_vec(),
+                        read_revision,
+                    },
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = session.ended() => return Err(session_end_error(session)),
+            deleted = wait_deleted(client, current.key, current.read_revision + 1) => match deleted {
+                Ok(_) | Err(Error::Compacted { .. }) => continue,
+                Err(e) => return Err(e),
+            },
+        }
+    }
+}
+
 /// The error for an operation that ended because the session did.
 pub fn session_end_error(session: &Session) -> Error {
     match session.check_alive() {

@@ -4,12 +4,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coord_core::etcd_client::Compare;
+use coord_core::etcd_client::{Compare, TxnOp};
 use coord_core::keys::{lease_key, queue_prefix, validate_name};
 use coord_core::{FencingToken, Ownership, Session};
 use tokio::sync::OwnedMutexGuard;
 
-use coord_core::queue::{Entry, first_by_create, key_lost, local_slot, wait_until_first};
+use coord_core::queue::{
+    Entry, Predecessor, Turn, first_by_create, key_lost, local_slot, newest_two, wait_for_turn,
+};
 
 use crate::held::Held;
 use crate::{Error, Result};
@@ -217,8 +219,13 @@ impl Mutex {
     }
 
     async fn acquire(&self, local: OwnedMutexGuard<()>, wait: bool) -> Result<MutexGuard> {
-        let client = self.session.client();
-        let mut entry = Entry::enqueue(&self.session, self.key.clone(), &self.prefix, Vec::new())
+        // Go's acquire transaction, plus the two newest keys: a waiter learns its predecessor in
+        // the same request.
+        let reads = vec![
+            TxnOp::get(self.prefix.clone(), Some(first_by_create())),
+            TxnOp::get(self.prefix.clone(), Some(newest_two())),
+        ];
+        let mut entry = Entry::enqueue_reading(&self.session, self.key.clone(), Vec::new(), reads)
             .holding(local);
         let enqueued = entry.settle().await?;
         let ownership = Ownership::new(self.key.clone(), enqueued.revision);
@@ -238,16 +245,11 @@ impl Mutex {
                     name: self.prefix.clone(),
                 });
             }
-            // Predecessor watch: docs/wire-format.md.
-            wait_until_first(&self.session, &self.prefix, enqueued.revision).await?;
-            // The predecessor is gone; make sure our own key still is there (it vanishes with an
-            // expired session, or when an operator deleted it).
-            let mine = client.get(self.key.clone(), None).await?;
-            let still_ours = mine
-                .kvs()
-                .first()
-                .is_some_and(|kv| kv.create_revision() == enqueued.revision);
-            if !still_ours || !self.session.is_alive() {
+            // Predecessor watch (docs/wire-format.md); each read after a wake-up also checks that our
+            // own key is still there (it vanishes with an expired session, or an operator's delete).
+            let predecessor = Predecessor::from_enqueue(&enqueued, 1, ownership.key());
+            let turn = wait_for_turn(&self.session, &self.prefix, &ownership, predecessor).await?;
+            if turn != Turn::First || !self.session.is_alive() {
                 entry.forget();
                 return Err(crate::gone_or_removed(&self.session, &ownership).await);
             }
