@@ -59,6 +59,8 @@ fn is_connect_failure(error: &etcd_client::Error) -> bool {
 #[derive(Clone)]
 pub struct Client {
     etcd: etcd_client::Client,
+    /// The KV sub-client, cloned per request (cheaper than cloning the whole client).
+    kv: etcd_client::KvClient,
     shared: Arc<Shared>,
 }
 
@@ -106,6 +108,7 @@ impl Client {
             })?
             .map_err(|e| Error::from_etcd("connect", e))?;
         Ok(Client {
+            kv: etcd.kv_client(),
             etcd,
             shared: Arc::new(Shared {
                 namespace: config.namespace,
@@ -118,6 +121,7 @@ impl Client {
     /// Wraps an etcd-client connection made elsewhere (no namespace, default request timeout).
     pub fn from_etcd(etcd: etcd_client::Client) -> Client {
         Client {
+            kv: etcd.kv_client(),
             etcd,
             shared: Arc::new(Shared {
                 namespace: String::new(),
@@ -185,7 +189,8 @@ impl Client {
         F: FnMut(etcd_client::Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        self.call(operation, Replay::IfNeverSent, f).await
+        self.call(&self.etcd, operation, Replay::IfNeverSent, f)
+            .await
     }
 
     /// Like [`Client::request`] for requests that are safe to repeat (reads): also retried, within
@@ -203,12 +208,20 @@ impl Client {
         F: FnMut(etcd_client::Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        self.call(operation, Replay::IfUnavailable, f).await
+        self.call(&self.etcd, operation, Replay::IfUnavailable, f)
+            .await
     }
 
-    async fn call<T, F, Fut>(&self, operation: &'static str, replay: Replay, mut f: F) -> Result<T>
+    async fn call<C, T, F, Fut>(
+        &self,
+        handle: &C,
+        operation: &'static str,
+        replay: Replay,
+        mut f: F,
+    ) -> Result<T>
     where
-        F: FnMut(etcd_client::Client) -> Fut,
+        C: Clone,
+        F: FnMut(C) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let after = self.shared.request_timeout;
@@ -219,7 +232,7 @@ impl Client {
             .with_max_elapsed(None)
             .backoff();
         loop {
-            let source = match tokio::time::timeout_at(deadline, f(self.etcd.clone())).await {
+            let source = match tokio::time::timeout_at(deadline, f(handle.clone())).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(source)) => source,
                 Err(_) => return Err(Error::Timeout { operation, after }),
@@ -252,7 +265,7 @@ impl Client {
         options: Option<GetOptions>,
     ) -> Result<GetResponse> {
         let key = key.into();
-        self.idempotent_request("get", |mut etcd| {
+        self.call(&self.kv, "get", Replay::IfUnavailable, |mut etcd| {
             let (key, options) = (key.clone(), options.clone());
             async move { etcd.get(key, options).await }
         })
@@ -275,7 +288,7 @@ impl Client {
         options: Option<PutOptions>,
     ) -> Result<PutResponse> {
         let (key, value) = (key.into(), value.into());
-        self.request("put", |mut etcd| {
+        self.call(&self.kv, "put", Replay::IfNeverSent, |mut etcd| {
             let (key, value, options) = (key.clone(), value.clone(), options.clone());
             async move { etcd.put(key, value, options).await }
         })
@@ -297,7 +310,7 @@ impl Client {
         options: Option<DeleteOptions>,
     ) -> Result<DeleteResponse> {
         let key = key.into();
-        self.request("delete", |mut etcd| {
+        self.call(&self.kv, "delete", Replay::IfNeverSent, |mut etcd| {
             let (key, options) = (key.clone(), options.clone());
             async move { etcd.delete(key, options).await }
         })
@@ -315,7 +328,7 @@ impl Client {
     ///
     /// Dropping the future abandons the request; the transaction may or may not have been applied.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        self.request("txn", |mut etcd| {
+        self.call(&self.kv, "txn", Replay::IfNeverSent, |mut etcd| {
             let txn = txn.clone();
             async move { etcd.txn(txn).await }
         })
