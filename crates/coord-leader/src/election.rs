@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use coord_core::etcd_client::{PutOptions, Txn, TxnOp};
 use coord_core::keys::{lease_key, queue_prefix, validate_name};
-use coord_core::queue::{Entry, lease_gone, local_slot, session_end_error, wait_until_first};
+use coord_core::queue::{
+    Entry, Predecessor, Turn, first_by_create, lease_gone, local_slot, newest_two,
+    session_end_error, wait_for_turn,
+};
 use coord_core::{Ownership, Session};
 use tokio::sync::watch;
 
@@ -151,12 +154,14 @@ impl Election {
     /// Campaigns with `value` as proposal and waits until this candidate leads.
     ///
     /// Protocol (Go's `Campaign`): one transaction `if create_revision(key) == 0 then put(key,
-    /// value, lease) else get(key)`, plus a read of the head of the queue; if the key already
+    /// value, lease) else get(key)`, plus reads of the head of the queue and of the newest keys
+    /// (so a new candidate learns its predecessor in the same request); if the key already
     /// existed (this lease campaigned before, perhaps from Go), it keeps its place and, when its
     /// value differs, the new value is proclaimed (guarded by the key's create revision). Then the
     /// candidate waits until no key with a lower create revision remains, watching only its
-    /// predecessor, and finally checks that its own key still exists, so that a session that
-    /// expired during the wait never yields a "phantom" leadership.
+    /// predecessor; every read after a wake-up fetches the predecessor and the candidate's own key
+    /// together, so that a session that expired (or a key deleted) during the wait never yields a
+    /// "phantom" leadership, and a hand-off costs the delete event plus one read.
     ///
     /// Compaction of the watched revision and reconnects during the wait are handled by reading
     /// the queue again.
@@ -193,9 +198,14 @@ impl Election {
         self.session.check_alive()?;
         // Same session, same name, same key: one candidate at a time in this process.
         let local = self.local.clone().lock_owned().await;
-        let client = self.session.client();
+        // Go's campaign transaction, plus the head of the queue and the two newest keys: a new
+        // candidate learns its predecessor in the same request.
+        let reads = vec![
+            TxnOp::get(self.prefix.clone(), Some(first_by_create())),
+            TxnOp::get(self.prefix.clone(), Some(newest_two())),
+        ];
         let mut entry =
-            Entry::enqueue(&self.session, self.key.clone(), &self.prefix, value.clone())
+            Entry::enqueue_reading(&self.session, self.key.clone(), value.clone(), reads)
                 .holding(local);
         let enqueued = entry.settle().await?;
         let ownership = Ownership::new(self.key.clone(), enqueued.revision);
@@ -210,15 +220,11 @@ impl Election {
             }
         }
         if enqueued.first() != Some(enqueued.revision) {
-            // Predecessor watch: docs/design/election.md §2.
-            wait_until_first(&self.session, &self.prefix, enqueued.revision).await?;
-            // No phantom leader: the predecessor is gone, but is our key still there?
-            let mine = client.get(self.key.clone(), None).await?;
-            let still_ours = mine
-                .kvs()
-                .first()
-                .is_some_and(|kv| kv.create_revision() == enqueued.revision);
-            if !still_ours || !self.session.is_alive() {
+            // Predecessor watch (docs/design/election.md §2). Each read after a wake-up also
+            // checks that our own key is still there: no phantom leader.
+            let predecessor = Predecessor::from_enqueue(&enqueued, 1, ownership.key());
+            let turn = wait_for_turn(&self.session, &self.prefix, &ownership, predecessor).await?;
+            if turn != Turn::First || !self.session.is_alive() {
                 entry.forget();
                 return Err(gone_or_removed(&self.session, &ownership).await);
             }
