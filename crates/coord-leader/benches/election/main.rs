@@ -1,0 +1,225 @@
+//! Benchmarks of coord-leader's Election against the etcd server's Campaign/Resign RPCs (Go's
+//! `concurrency.Election`, run inside etcd), measured in the same run on one etcd started by
+//! coord-testkit. Results and their interpretation: `BENCHMARKS.md` ("Election") at the workspace
+//! root. The harness follows coord-lock's (`crates/coord-lock/benches/lock/`): interleaved rounds,
+//! medians of per-round ratios, `/metrics` request counts.
+//!
+//! ```text
+//! cargo bench -p coord-leader --bench election                      # every scenario (~1½ min)
+//! cargo bench -p coord-leader --bench election -- handoff-fresh     # some scenarios
+//! COORD_BENCH_SECS=4 COORD_BENCH_ROUNDS=6 cargo bench -p coord-leader --bench election
+//! ```
+//!
+//! Scenarios: `handoff-waited`, `handoff-fresh` (graceful hand-off latency, resign → the standby's
+//! campaign returns), `failover` (a leader cut off by a fault proxy → the standby leads, against
+//! the TTL). `COORD_BENCH_SECS` (or `--secs=N`) sets the length of a hand-off round,
+//! `COORD_BENCH_ROUNDS` (or `--rounds=N`) the rounds per variant (for `failover`: the failovers per
+//! variant).
+// A bench binary: a failed set-up or request must stop the run loudly, never be papered over.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod failover;
+mod handoff;
+mod metrics;
+mod report;
+mod rounds;
+
+use std::future::Future;
+use std::time::Duration;
+
+use coord_core::{Client, ClientConfig};
+use coord_testkit::Etcd;
+
+use crate::metrics::{Scrape, Window};
+use crate::report::Report;
+use crate::rounds::Plan;
+
+const SCENARIOS: [&str; 3] = ["handoff-waited", "handoff-fresh", "failover"];
+
+/// How long to wait after a round before reading `/metrics`, so that background clean-ups are
+/// counted in the round that caused them.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// How often the unsynced-watcher gauge is sampled during rounds.
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// Command line and environment.
+#[derive(Debug)]
+struct Options {
+    scenarios: Vec<&'static str>,
+    secs: Option<f64>,
+    rounds: Option<usize>,
+}
+
+impl Options {
+    fn parse() -> Result<Options, String> {
+        let mut options = Options {
+            scenarios: Vec::new(),
+            secs: env_number("COORD_BENCH_SECS")?,
+            rounds: env_number("COORD_BENCH_ROUNDS")?,
+        };
+        for arg in std::env::args().skip(1) {
+            if let Some(secs) = arg.strip_prefix("--secs=") {
+                options.secs = Some(number("--secs", secs)?);
+            } else if let Some(rounds) = arg.strip_prefix("--rounds=") {
+                options.rounds = Some(number("--rounds", rounds)?);
+            } else if arg.starts_with('-') {
+                // `cargo bench` passes `--bench`; libtest flags mean nothing here.
+            } else if let Some(name) = SCENARIOS.iter().find(|s| **s == arg) {
+                options.scenarios.push(name);
+            } else {
+                return Err(format!(
+                    "unknown scenario {arg:?}; choose from {}",
+                    SCENARIOS.join(", ")
+                ));
+            }
+        }
+        if options.scenarios.is_empty() {
+            options.scenarios = SCENARIOS.to_vec();
+        }
+        if options.secs.is_some_and(|s| s.is_nan() || s <= 0.0) || options.rounds == Some(0) {
+            return Err("rounds and their length must be positive".to_owned());
+        }
+        Ok(options)
+    }
+}
+
+fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => number(name, value.trim()).map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{name}={value:?} is not a number"))
+}
+
+/// What every scenario works with: the server and the run's settings.
+pub(crate) struct Bench {
+    etcd: Etcd,
+    secs: Option<f64>,
+    rounds: Option<usize>,
+}
+
+impl Bench {
+    /// The scenario's plan: its defaults, unless overridden.
+    pub(crate) fn plan(&self, default_secs: f64, default_rounds: usize) -> Plan {
+        let plan = Plan {
+            round: Duration::from_secs_f64(self.secs.unwrap_or(default_secs)),
+            rounds: self.rounds.unwrap_or(default_rounds),
+        };
+        println!(
+            "  {} rounds of {:.1} s per variant, interleaved",
+            plan.rounds,
+            plan.round.as_secs_f64()
+        );
+        plan
+    }
+
+    /// The number of repetitions per variant for scenarios counted in events, not seconds.
+    pub(crate) fn repetitions(&self, default: usize) -> usize {
+        self.rounds.unwrap_or(default)
+    }
+
+    pub(crate) fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
+    /// A client with its own connection, in `namespace`.
+    pub(crate) async fn client(&self, namespace: &str) -> Client {
+        ClientConfig::new(self.etcd.endpoints())
+            .with_namespace(namespace)
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    async fn scrape(&self) -> Scrape {
+        Scrape::parse(&self.etcd.metrics().await.expect("/metrics"))
+    }
+
+    /// Runs `round` and returns its outcome with the `/metrics` diff over it, sampling the
+    /// unsynced-watcher gauge during the round.
+    pub(crate) async fn metered<T>(&self, round: impl Future<Output = T>) -> (T, Window) {
+        let before = self.scrape().await;
+        let mut unsynced = Vec::new();
+        let sampling = async {
+            loop {
+                tokio::time::sleep(SAMPLE_EVERY).await;
+                let gauge = self.scrape().await.sum(metrics::UNSYNCED_WATCHERS, &[]);
+                unsynced.push(gauge);
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = round => outcome,
+            never = sampling => never,
+        };
+        tokio::time::sleep(SETTLE).await;
+        let after = self.scrape().await;
+        let diff = after.since(&before);
+        (outcome, Window { diff, unsynced })
+    }
+}
+
+fn main() {
+    let options = match Options::parse() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(options));
+}
+
+async fn run(options: Options) {
+    let etcd = Etcd::builder()
+        .arg("--metrics=extensive")
+        .start()
+        .await
+        .expect("start etcd");
+    let version = etcd.version().await.expect("etcd version");
+    println!("# coord-leader benchmarks");
+    println!(
+        "etcd {version} ({}), {} CPUs ({}), tokio multi-thread runtime",
+        etcd.endpoint(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    );
+    let bench = Bench {
+        etcd,
+        secs: options.secs,
+        rounds: options.rounds,
+    };
+    let mut report = Report::default();
+    for scenario in &options.scenarios {
+        println!("\n{scenario}");
+        match *scenario {
+            "handoff-waited" => handoff::run(&bench, &mut report, handoff::Standby::Waited).await,
+            "handoff-fresh" => handoff::run(&bench, &mut report, handoff::Standby::Fresh).await,
+            "failover" => failover::run(&bench, &mut report).await,
+            _ => unreachable!("scenario names are checked when parsing"),
+        }
+    }
+    report.print();
+    // Dropping `bench` kills etcd.
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
