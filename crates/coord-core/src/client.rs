@@ -66,6 +66,8 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Shared {
+    /// The multiplexed watch stream of this client (and its clones).
+    hub: crate::hub::Hub,
     namespace: String,
     endpoints: Vec<String>,
     request_timeout: Duration,
@@ -111,6 +113,7 @@ impl Client {
             kv: etcd.kv_client(),
             etcd,
             shared: Arc::new(Shared {
+                hub: crate::hub::Hub::default(),
                 namespace: config.namespace,
                 endpoints: config.endpoints,
                 request_timeout: config.request_timeout,
@@ -124,6 +127,7 @@ impl Client {
             kv: etcd.kv_client(),
             etcd,
             shared: Arc::new(Shared {
+                hub: crate::hub::Hub::default(),
                 namespace: String::new(),
                 endpoints: Vec::new(),
                 request_timeout: ClientConfig::DEFAULT_REQUEST_TIMEOUT,
@@ -151,6 +155,17 @@ impl Client {
     /// The endpoints this client was configured with.
     pub fn endpoints(&self) -> &[String] {
         &self.shared.endpoints
+    }
+
+    /// A watch on this client's shared watch stream.
+    pub(crate) fn hub_watch(
+        &self,
+        key: Vec<u8>,
+        options: etcd_client::WatchOptions,
+    ) -> crate::hub::HubWatch {
+        self.shared
+            .hub
+            .watch(&self.etcd.watch_client(), key, options)
     }
 
     /// The per-request timeout.

@@ -64,6 +64,7 @@ mod client;
 mod config;
 mod error;
 mod fencing;
+mod hub;
 pub mod keys;
 pub mod queue;
 mod retry;

@@ -193,51 +193,45 @@ impl Target {
 /// "unsynced" group, which a 100 ms loop catches up — even for events that happen later. So the
 /// wait opens a *live* watch (no start revision: synced, events after its creation revision `C`
 /// arrive at once) and, only when revisions were committed between `start_revision` and `C`, a
-/// second *gap* watch from `start_revision` on the same stream for the events that already happened.
+/// second *gap* watch from `start_revision` for the events that already happened. Both are created
+/// on the client's shared watch stream.
 async fn first_event(client: &Client, target: Target, start_revision: i64) -> Result<(i64, bool)> {
     let mut next = start_revision;
     let mut backoff = reconnect_backoff();
+    let options = |start: Option<i64>| {
+        let mut options = WatchOptions::new().with_progress_notify();
+        if let Some(start) = start {
+            options = options.with_start_revision(start);
+        }
+        if target.deletes_only {
+            options = options.with_filters([WatchFilterType::NoPut]);
+        }
+        if let Some(end) = &target.range_end {
+            options = options.with_range(end.clone());
+        }
+        if target.created_before.is_some() {
+            options = options.with_prev_key();
+        }
+        options
+    };
     loop {
-        let options = |start: Option<i64>| {
-            let mut options = WatchOptions::new().with_progress_notify();
-            if let Some(start) = start {
-                options = options.with_start_revision(start);
-            }
-            if target.deletes_only {
-                options = options.with_filters([WatchFilterType::NoPut]);
-            }
-            if let Some(end) = &target.range_end {
-                options = options.with_range(end.clone());
-            }
-            if target.created_before.is_some() {
-                options = options.with_prev_key();
-            }
-            options
-        };
-        let mut stream = match client
-            .etcd()
-            .watch_client()
-            .watch(target.key.clone(), Some(options(None)))
-            .await
-        {
-            Ok(stream) => stream,
-            Err(source) => {
-                retry_or_fail(Error::from_etcd("watch", source), &mut backoff).await?;
-                continue;
-            }
-        };
-        // Watch ids: the live watch is created first on this stream; the gap watch (if any) second.
-        let mut live: Option<i64> = None;
-        let mut gap_open = false;
+        let mut live = client.hub_watch(target.key.clone(), options(None));
+        let mut gap: Option<crate::hub::HubWatch> = None;
+        let mut live_created = false;
         loop {
-            let resp = match stream.message().await {
-                Ok(Some(resp)) => resp,
-                Ok(None) => {
-                    tracing::debug!(next, "watch stream closed by the server; resuming");
-                    break;
-                }
-                Err(source) => {
-                    retry_or_fail(Error::from_etcd("watch", source), &mut backoff).await?;
+            let (resp, from_gap) = tokio::select! {
+                resp = live.next() => (resp, false),
+                resp = async {
+                    match gap.as_mut() {
+                        Some(gap) => gap.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => (resp, true),
+            };
+            let resp = match resp {
+                Ok(resp) => resp,
+                Err(error) => {
+                    retry_or_fail(error, &mut backoff).await?;
                     break;
                 }
             };
@@ -253,21 +247,16 @@ async fn first_event(client: &Client, target: Target, start_revision: i64) -> Re
                 });
             }
             backoff = reconnect_backoff();
-            if resp.created() && live.is_none() {
-                live = Some(resp.watch_id());
-                let created_at = resp.header().map_or(i64::MAX, |h| h.revision());
-                if created_at >= next {
-                    // Revisions [next, created_at] were committed before the live watch existed.
-                    if let Err(source) = stream
-                        .watch(target.key.clone(), Some(options(Some(next))))
-                        .await
-                    {
-                        retry_or_fail(Error::from_etcd("watch", source), &mut backoff).await?;
-                        break;
+            if resp.created() {
+                if !from_gap && !live_created {
+                    live_created = true;
+                    let created_at = resp.header().map_or(i64::MAX, |h| h.revision());
+                    if created_at >= next {
+                        // Revisions [next, created_at] were committed before the live watch existed.
+                        gap = Some(client.hub_watch(target.key.clone(), options(Some(next))));
+                    } else {
+                        next = created_at + 1;
                     }
-                    gap_open = true;
-                } else {
-                    next = created_at + 1;
                 }
                 continue;
             }
@@ -276,14 +265,10 @@ async fn first_event(client: &Client, target: Target, start_revision: i64) -> Re
                     return Ok((event.kv().map_or(next, |kv| kv.mod_revision()), certain));
                 }
             }
-            // Progress (no events, not a creation reply) on the watch that covers `next` promises
-            // that every event up to its header revision has been delivered: resume after it.
-            let covers_next = if gap_open {
-                Some(resp.watch_id()) != live
-            } else {
-                true
-            };
-            if resp.events().is_empty() && !resp.created() && covers_next {
+            // A progress notification on the watch that covers `next` promises that every event up
+            // to its header revision has been delivered: resume after it.
+            let covers_next = from_gap || gap.is_none();
+            if resp.events().is_empty() && covers_next {
                 if let Some(header) = resp.header() {
                     next = next.max(header.revision() + 1);
                 }

@@ -143,3 +143,60 @@ async fn the_wait_survives_a_reset_connection() {
         .unwrap();
     assert_eq!(got, deleted);
 }
+
+/// Reads one unlabelled-or-summed metric from etcd's Prometheus text.
+fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn waits_share_one_watch_stream_and_dropped_waits_are_cancelled() {
+    let etcd = Etcd::builder().arg("--metrics=extensive").start().await.unwrap();
+    let client = client_of(&etcd, "hub").await;
+    let streams = |text: &str| metric(text, "grpc_server_started_total", "grpc_method=\"Watch\"");
+    let watchers = |text: &str| metric(text, "etcd_debugging_mvcc_watcher_total", "");
+    let before = etcd.metrics().await.unwrap();
+
+    // Twenty waits at once, each for its own key, then all satisfied.
+    let mut waits = Vec::new();
+    for i in 0..20 {
+        let key = client.key(&format!("k{i}"));
+        let rev = client.put(key.clone(), "v", None).await.unwrap().header().unwrap().revision();
+        let client = client.clone();
+        waits.push(tokio::spawn(async move { wait_deleted(&client, key, rev + 1).await }));
+    }
+    // Twenty more that are abandoned before their keys change.
+    let mut abandoned = Vec::new();
+    for i in 0..20 {
+        let key = client.key(&format!("never{i}"));
+        let rev = client.put(key.clone(), "v", None).await.unwrap().header().unwrap().revision();
+        let client = client.clone();
+        abandoned.push(tokio::spawn(async move { wait_deleted(&client, key, rev + 1).await }));
+    }
+    for i in 0..20 {
+        client.delete(client.key(&format!("k{i}")), None).await.unwrap();
+    }
+    for wait in waits {
+        tokio::time::timeout(BOUND, wait).await.unwrap().unwrap().unwrap();
+    }
+    for wait in abandoned {
+        wait.abort();
+    }
+
+    let after = etcd.metrics().await.unwrap();
+    assert_eq!(streams(&after) - streams(&before), 1.0, "one gRPC watch stream for all waits");
+    // Every watch ends up cancelled on the server (the count returns to where it was).
+    let settled = async {
+        loop {
+            let now = etcd.metrics().await.unwrap();
+            if watchers(&now) <= watchers(&before) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(BOUND, settled).await.expect("server-side watchers were not cancelled");
+}
