@@ -154,7 +154,11 @@ fn metric(text: &str, name: &str, label: &str) -> f64 {
 
 #[tokio::test]
 async fn waits_share_one_watch_stream_and_dropped_waits_are_cancelled() {
-    let etcd = Etcd::builder().arg("--metrics=extensive").start().await.unwrap();
+    let etcd = Etcd::builder()
+        .arg("--metrics=extensive")
+        .start()
+        .await
+        .unwrap();
     let client = client_of(&etcd, "hub").await;
     let streams = |text: &str| metric(text, "grpc_server_started_total", "grpc_method=\"Watch\"");
     let watchers = |text: &str| metric(text, "etcd_debugging_mvcc_watcher_total", "");
@@ -164,30 +168,57 @@ async fn waits_share_one_watch_stream_and_dropped_waits_are_cancelled() {
     let mut waits = Vec::new();
     for i in 0..20 {
         let key = client.key(&format!("k{i}"));
-        let rev = client.put(key.clone(), "v", None).await.unwrap().header().unwrap().revision();
+        let rev = client
+            .put(key.clone(), "v", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
         let client = client.clone();
-        waits.push(tokio::spawn(async move { wait_deleted(&client, key, rev + 1).await }));
+        waits.push(tokio::spawn(async move {
+            wait_deleted(&client, key, rev + 1).await
+        }));
     }
     // Twenty more that are abandoned before their keys change.
     let mut abandoned = Vec::new();
     for i in 0..20 {
         let key = client.key(&format!("never{i}"));
-        let rev = client.put(key.clone(), "v", None).await.unwrap().header().unwrap().revision();
+        let rev = client
+            .put(key.clone(), "v", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
         let client = client.clone();
-        abandoned.push(tokio::spawn(async move { wait_deleted(&client, key, rev + 1).await }));
+        abandoned.push(tokio::spawn(async move {
+            wait_deleted(&client, key, rev + 1).await
+        }));
     }
     for i in 0..20 {
-        client.delete(client.key(&format!("k{i}")), None).await.unwrap();
+        client
+            .delete(client.key(&format!("k{i}")), None)
+            .await
+            .unwrap();
     }
     for wait in waits {
-        tokio::time::timeout(BOUND, wait).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(BOUND, wait)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
     for wait in abandoned {
         wait.abort();
     }
 
     let after = etcd.metrics().await.unwrap();
-    assert_eq!(streams(&after) - streams(&before), 1.0, "one gRPC watch stream for all waits");
+    assert_eq!(
+        streams(&after) - streams(&before),
+        1.0,
+        "one gRPC watch stream for all waits"
+    );
     // Every watch ends up cancelled on the server (the count returns to where it was).
     let settled = async {
         loop {
@@ -198,5 +229,7 @@ async fn waits_share_one_watch_stream_and_dropped_waits_are_cancelled() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    tokio::time::timeout(BOUND, settled).await.expect("server-side watchers were not cancelled");
+    tokio::time::timeout(BOUND, settled)
+        .await
+        .expect("server-side watchers were not cancelled");
 }
