@@ -19,7 +19,8 @@ use etcd_client::{EventType, WatchFilterType, WatchOptions};
 
 use crate::{Client, Error, Result, RetryPolicy};
 
-/// Waits until `key` is deleted at or after `start_revision`, and returns the revision of the delete.
+/// Waits until `key` is deleted at or after `start_revision`, and returns the revision of the delete
+/// (or of a read that showed the key gone, when the delete happened before the watch was created).
 ///
 /// Start at the revision *after* the read that showed the key (`header.revision + 1`), never at the
 /// read's own revision: a watch from an already-current revision lands in etcd's "unsynced" watcher
@@ -251,11 +252,18 @@ async fn first_event(client: &Client, target: Target, start_revision: i64) -> Re
                 if !from_gap && !live_created {
                     live_created = true;
                     let created_at = resp.header().map_or(i64::MAX, |h| h.revision());
-                    if created_at >= next {
-                        // Revisions [next, created_at] were committed before the live watch existed.
-                        gap = Some(client.hub_watch(target.key.clone(), options(Some(next))));
-                    } else {
+                    if created_at < next {
                         next = created_at + 1;
+                    } else if target.range_end.is_none() {
+                        // Revisions [next, created_at] were committed before the live watch existed.
+                        // For one key a read tells whether it already changed; a gap watch would be
+                        // an unsynced watcher itself, served up to 100 ms late.
+                        if let Some(revision) = changed_since(client, &target, next).await? {
+                            return Ok((revision, true));
+                        }
+                        next = created_at + 1;
+                    } else {
+                        gap = Some(client.hub_watch(target.key.clone(), options(Some(next))));
                     }
                 }
                 continue;
@@ -275,6 +283,20 @@ async fn first_event(client: &Client, target: Target, start_revision: i64) -> Re
             }
         }
     }
+}
+
+/// Whether the single key of `target` already changed (was deleted, or for non-delete waits also
+/// written) at or after `since`, judged from a read: returns the read's revision if so.
+async fn changed_since(client: &Client, target: &Target, since: i64) -> Result<Option<i64>> {
+    let read = client.get(target.key.clone(), None).await?;
+    let revision = read.header().map_or(since, |h| h.revision());
+    let changed = match read.kvs().first() {
+        None => true,
+        // Deleted and created again after `since`.
+        Some(kv) if kv.create_revision() >= since => true,
+        Some(kv) => !target.deletes_only && kv.mod_revision() >= since,
+    };
+    Ok(changed.then_some(revision))
 }
 
 fn reconnect_backoff() -> backon::ExponentialBackoff {

@@ -72,12 +72,55 @@ async fn a_delete_before_the_wait_started_is_still_seen() {
 }
 
 #[tokio::test]
-async fn a_compacted_start_revision_is_reported() {
+async fn a_key_wait_from_a_compacted_revision_is_answered_by_a_read() {
     let etcd = Etcd::start().await.unwrap();
-    let client = client_of(&etcd, "compacted").await;
-    let key = client.key("k");
+    let client = client_of(&etcd, "compacted_key").await;
+    let (kept, gone) = (client.key("kept"), client.key("gone"));
     let rev = client
-        .put(key.clone(), "1", None)
+        .put(kept.clone(), "1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client.put(gone.clone(), "1", None).await.unwrap();
+    client.delete(gone.clone(), None).await.unwrap();
+    etcd.compact().await.unwrap();
+
+    // Deleted inside the compacted range: seen at once.
+    tokio::time::timeout(BOUND, wait_deleted(&client, gone, rev + 1))
+        .await
+        .unwrap()
+        .unwrap();
+    // Still there: the wait goes on, and sees the delete that comes later.
+    let waiter = tokio::spawn({
+        let (client, kept) = (client.clone(), kept.clone());
+        async move { wait_deleted(&client, kept, rev + 1).await }
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), async {
+            while !waiter.is_finished() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .is_err()
+    );
+    client.delete(kept, None).await.unwrap();
+    tokio::time::timeout(BOUND, waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_prefix_wait_from_a_compacted_revision_is_reported() {
+    let etcd = Etcd::start().await.unwrap();
+    let client = client_of(&etcd, "compacted_prefix").await;
+    let prefix = client.key("q/");
+    let rev = client
+        .put(format!("{prefix}a"), "1", None)
         .await
         .unwrap()
         .header()
@@ -87,10 +130,13 @@ async fn a_compacted_start_revision_is_reported() {
     client.put(client.key("other"), "y", None).await.unwrap();
     etcd.compact().await.unwrap();
 
-    let err = tokio::time::timeout(BOUND, wait_deleted(&client, key, rev + 1))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = tokio::time::timeout(
+        BOUND,
+        coord_core::watch::wait_prefix_deleted(&client, prefix, rev + 1),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
     assert!(
         matches!(err, Error::Compacted { requested, .. } if requested == rev + 1),
         "{err:?}"
