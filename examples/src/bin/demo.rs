@@ -3,15 +3,16 @@
 //! Run it with `cargo xtask demo`. It starts its own etcd (from the `etcd-bin-vendored` crate) unless
 //! `COORD_ENDPOINTS` (or `ETCDCTL_ENDPOINTS`) points at one.
 //!
-//! The lock is coord's own `Mutex` (wire-compatible with Go's). coord's Election is not written yet;
-//! until then the demo runs the election through the etcd server's Campaign RPC — Go's `concurrency`
-//! package running inside etcd — bound to coord sessions. Writes are guarded with fencing compares.
+//! The lock is coord's `Mutex` and the election coord's `Election` (both wire-compatible with Go's
+//! `concurrency` package, and so with `etcdctl lock` / `etcdctl elect`). Writes are guarded with
+//! fencing compares.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use coord_core::etcd_client::{Txn, TxnOp};
 use coord_core::{Client, ClientConfig, Ownership, Session};
+use coord_leader::Election;
 use coord_lock::Mutex;
 
 #[tokio::main]
@@ -115,38 +116,42 @@ async fn lock_and_fencing(client: &Client) -> anyhow::Result<()> {
 }
 
 async fn election(client: &Client) -> anyhow::Result<()> {
-    println!("\n== an election ==");
-    let name = client.key("elections/scheduler");
+    println!("\n== an election (coord_leader::Election) ==");
     let first = Session::new(client.clone(), Duration::from_secs(5)).await?;
     let second = Session::new(client.clone(), Duration::from_secs(5)).await?;
+    let node_a = Election::new(&first, "elections/scheduler")?;
+    let node_b = Election::new(&second, "elections/scheduler")?;
 
-    let mut elections = client.etcd().election_client();
-    let won = elections
-        .campaign(name.clone(), "node-a", first.lease_id().get())
-        .await?;
-    let leader_key = won.leader().map(|l| l.key().to_vec()).unwrap_or_default();
-    println!("node-a is leader: {}", String::from_utf8_lossy(&leader_key));
+    let mut observer = node_a.observe().await?;
+    let describe = |info: &Option<coord_leader::LeaderInfo>| match info {
+        Some(leader) => format!(
+            "{} (token {})",
+            String::from_utf8_lossy(&leader.value),
+            leader.token
+        ),
+        None => "no leader".to_owned(),
+    };
+    println!("observer: {}", describe(&observer.borrow_and_update()));
 
-    let mut standby = client.etcd().election_client();
-    let lease = second.lease_id().get();
-    let campaign_name = name.clone();
-    let waiting =
-        tokio::spawn(async move { standby.campaign(campaign_name, "node-b", lease).await });
+    let leadership = node_a.campaign("node-a").await?;
+    observer.changed().await?;
+    println!("observer: {}", describe(&observer.borrow_and_update()));
 
-    let resign = coord_core::etcd_client::ResignOptions::new()
-        .with_leader(won.leader().cloned().unwrap_or_default());
-    let started = Instant::now();
-    elections.resign(Some(resign)).await?;
-    waiting.await??;
-    let leader = elections.leader(name).await?;
-    let value = leader
-        .kv()
-        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
-        .unwrap_or_default();
+    let standby = tokio::spawn(async move { node_b.campaign("node-b").await });
+    let resigned = Instant::now();
+    leadership.resign().await?;
+    let node_b_leads = standby.await??;
     println!(
-        "node-a resigned; {value} took over {:?} later",
-        started.elapsed()
+        "node-a resigned; node-b leads {:?} later (token {})",
+        resigned.elapsed(),
+        node_b_leads.token()
     );
+    observer.changed().await?;
+    println!("observer: {}", describe(&observer.borrow_and_update()));
+
+    node_b_leads.resign().await?;
+    observer.changed().await?;
+    println!("observer: {}", describe(&observer.borrow_and_update()));
     first.close().await?;
     second.close().await?;
     Ok(())
