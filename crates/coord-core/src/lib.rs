@@ -11,7 +11,9 @@
 //! | [`Ownership`], [`FencingToken`] | proving ownership inside your own writes: `Txn::new().when([guard.compare()])` |
 //! | [`keys`] | name validation and the key layout shared with Go's recipes |
 //! | [`queue`] | the create-revision-ordered key queue under every lock, semaphore and election |
-//! | [`watch`] | waits that survive disconnects and compaction (the watch engine grows here) |
+//! | [`watch`] | waits that survive disconnects and compaction |
+//! | [`stream`] | the watch engine: every change of a key or prefix, exactly once, with a resync after compaction |
+//! | [`cache`] | a prefix decoded from JSON as a consistent `(revision, map)` snapshot, one etcd watch per process |
 //! | [`Error`], [`RetryPolicy`] | typed errors that say whether retrying helps; backoff built on `backon` |
 //!
 //! The primitives live in `coord-lock` (Mutex, Semaphore), `coord-leader` (Election) and
@@ -60,6 +62,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod cache;
 mod client;
 mod config;
 mod error;
@@ -69,6 +72,7 @@ pub mod keys;
 pub mod queue;
 mod retry;
 pub mod session;
+pub mod stream;
 pub mod watch;
 
 pub use client::{Client, ServerInfo};
