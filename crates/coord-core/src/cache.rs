@@ -144,7 +144,12 @@ fn name_of(prefix_len: usize, key: &[u8]) -> String {
 /// revision are applied before it is published. Recovery (disconnects, etcd restarts,
 /// compaction, stalls) is the [watcher's](crate::stream::Watcher#recovery): after a compaction
 /// the snapshot jumps to the current state. Errors that need an operator (permission denied…) are
-/// logged with `tracing` and retried; the snapshot then stays at its last revision.
+/// logged with `tracing` and retried; the snapshot then stays at its last revision (and
+/// [`wait_ready`](Cache::wait_ready) keeps waiting: bound it with a timeout).
+///
+/// Values are decoded with `serde_json`. An entry that does not decode (or whose key is not
+/// UTF-8) is left out of [`Snapshot::entries`], listed in [`Snapshot::errors`] and logged with
+/// `tracing` at `warn`; a later value that decodes replaces the error.
 pub struct Cache<T> {
     receiver: watch::Receiver<Snapshot<T>>,
 }
@@ -392,5 +397,78 @@ async fn no_receivers<T>(sender: &watch::Sender<Snapshot<T>>, registration: &Reg
         }
         registration.remove(&mut registry);
         return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str, revision: i64) -> Event {
+        Event::Put {
+            entry: Entry {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+                create_revision: 1,
+                mod_revision: revision,
+                version: 1,
+                lease: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn a_value_that_no_longer_decodes_is_replaced_by_an_error() {
+        let mut snapshot = Snapshot::<u32>::empty();
+        snapshot.apply(2, put("p/a", "1", 5));
+        snapshot.apply(2, put("p/a", "x", 6));
+        assert!(snapshot.entries.is_empty());
+        assert_eq!(snapshot.errors.len(), 1);
+        assert_eq!(
+            (
+                snapshot.errors[0].key.as_str(),
+                snapshot.errors[0].mod_revision
+            ),
+            ("a", 6)
+        );
+        assert_eq!(snapshot.revision, 6);
+    }
+
+    #[test]
+    fn a_delete_or_a_decodable_value_clears_the_error() {
+        let mut snapshot = Snapshot::<u32>::empty();
+        snapshot.apply(2, put("p/a", "x", 5));
+        snapshot.apply(2, put("p/b", "x", 6));
+        snapshot.apply(
+            2,
+            Event::Delete {
+                key: b"p/a".to_vec(),
+                revision: 7,
+            },
+        );
+        snapshot.apply(2, put("p/b", "2", 8));
+        assert!(snapshot.errors.is_empty());
+        assert_eq!(snapshot.entries.get("b"), Some(&2));
+    }
+
+    #[test]
+    fn a_resync_applies_its_deletes_and_puts_at_its_revision() {
+        let mut snapshot = Snapshot::<u32>::empty();
+        snapshot.apply(2, put("p/a", "1", 5));
+        snapshot.apply(2, put("p/b", "x", 6));
+        let Event::Put { entry } = put("p/c", "3", 9) else {
+            unreachable!()
+        };
+        snapshot.apply(
+            2,
+            Event::Resync {
+                revision: 12,
+                puts: vec![entry],
+                deletes: vec![b"p/a".to_vec(), b"p/b".to_vec()],
+            },
+        );
+        assert_eq!(snapshot.revision, 12);
+        assert_eq!(snapshot.entries.keys().collect::<Vec<_>>(), ["c"]);
+        assert!(snapshot.errors.is_empty());
     }
 }

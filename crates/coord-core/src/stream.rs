@@ -38,6 +38,9 @@ use crate::{Client, Error, Result, RetryPolicy};
 /// Reads of a whole range may be far larger than tonic's default 4 MiB message limit.
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
+/// A watch up this long counts as healthy: the next failure starts the backoff afresh.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
 /// One key's state as etcd reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -132,10 +135,15 @@ impl Event {
 ///   nothing is missed and nothing is reported twice. Revisions are cluster-wide, so resuming on
 ///   another member is the same as resuming on the same one.
 /// - **Stall:** if the watch yields nothing (no event, no progress notification, no error) for
-///   [`stall_after`](Watcher::stall_after) (60 s by default), it is cancelled and re-created at
-///   `next`. Progress notifications are requested, but etcd sends them only every 10 minutes by
-///   default (`--experimental-watch-progress-notify-interval`), so a quiet but healthy range is
-///   re-watched once per bound; that costs one cancel and one create, and loses nothing.
+///   [`stall_after`](Watcher::stall_after) (60 s by default) while [`next`](Watcher::next) waits,
+///   it is cancelled and re-created at `next`. Progress notifications are requested, but etcd
+///   sends them only every 10 minutes by default
+///   (`--experimental-watch-progress-notify-interval`), so a quiet but healthy range is
+///   re-watched once per bound; that costs one cancel and one create, and loses nothing. The new
+///   watch is created on the client's shared stream, so this catches a watch the server stopped
+///   serving, not a dead connection: a connection that went silent is detected by the client's
+///   HTTP/2 keep-alive (10 s + 5 s by default, [`ClientConfig::with_keep_alive`](crate::ClientConfig::with_keep_alive)), which breaks
+///   the stream (see the previous point).
 /// - **Compaction** of `next`: the range is read again at revision `R`, and the watcher yields one
 ///   [`Event::Resync`]: puts for keys that are new or whose mod revision differs from the one it
 ///   reported, deletes for keys it reported that are gone. Then it watches from `R + 1`. Changes
@@ -144,13 +152,17 @@ impl Event {
 ///   only the keys it reported itself: keys that existed before that revision and were deleted in
 ///   the gap do not appear in `deletes`.)
 /// - **Backoff:** failed attempts are retried for ever, after a jittered exponential backoff from
-///   20 ms up to 2 s ([`RetryPolicy`]); the backoff is reset by any healthy response.
+///   20 ms up to 2 s ([`RetryPolicy`]). It is reset by health: an event or progress notification,
+///   or a watch that stayed up for 10 s — not by a watch that is created and then fails at once.
 /// - **Permanent errors** (permission denied, auth, TLS): [`Watcher::next`] returns the error;
 ///   calling it again retries after the backoff, from the same `next`.
 ///
 /// A watch whose start revision is not newer than etcd's current revision is served by etcd's
 /// 100 ms catch-up loop until it has caught up; a watcher that resumes after writes therefore
 /// sees those first events up to 100 ms late (never out of order).
+///
+/// Responses are buffered without bound between the client's watch stream and the watcher: a
+/// consumer that falls behind costs memory, not correctness.
 pub struct Watcher {
     client: Client,
     key: Vec<u8>,
@@ -164,6 +176,8 @@ pub struct Watcher {
     buffered: VecDeque<Event>,
     backoff: backon::ExponentialBackoff,
     retry_at: Option<Instant>,
+    /// When the current watch was created.
+    created_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -215,6 +229,7 @@ impl Watcher {
             buffered: VecDeque::new(),
             backoff: reconnect_backoff(),
             retry_at: None,
+            created_at: None,
         }
     }
 
@@ -278,6 +293,13 @@ impl Watcher {
             }
             if let Err(error) = self.step().await {
                 self.watch = None;
+                if self
+                    .created_at
+                    .take()
+                    .is_some_and(|at| at.elapsed() >= HEALTHY_AFTER)
+                {
+                    self.backoff = reconnect_backoff();
+                }
                 let delay = self.backoff.next().unwrap_or(Duration::from_secs(2));
                 self.retry_at = Some(Instant::now() + delay);
                 if !error.is_retryable() {
@@ -344,10 +366,11 @@ impl Watcher {
                 reason: resp.cancel_reason().to_owned(),
             });
         }
-        self.backoff = reconnect_backoff();
         if resp.created() {
+            self.created_at = Some(Instant::now());
             return Ok(());
         }
+        self.backoff = reconnect_backoff();
         if resp.events().is_empty() {
             // Progress notification: every event up to the header's revision was delivered.
             if let Some(header) = resp.header() {
@@ -359,7 +382,8 @@ impl Watcher {
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
             let at = kv.mod_revision();
-            // Already reported (a resumed watch repeats nothing, but stay safe).
+            // Already reported. etcd keeps all events of a revision in one response (its watch
+            // batches split between revisions only), so a revision is never half-reported.
             if at < next {
                 continue;
             }
@@ -430,7 +454,6 @@ impl Watcher {
         self.known = present;
         self.next = Some(revision + 1);
         self.watch = None;
-        self.backoff = reconnect_backoff();
         self.buffered.push_back(Event::Resync {
             revision,
             puts,
