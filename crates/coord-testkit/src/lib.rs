@@ -105,6 +105,7 @@
 //! and never blocks the runtime for long. Servers and proxies hold nothing tied to the
 //! runtime that created them.
 
+pub mod bench;
 mod binary;
 mod certs;
 mod cluster;

@@ -20,8 +20,8 @@ use coord_leader::Election;
 use coord_testkit::FaultProxy;
 
 use crate::Bench;
-use crate::report::{Ratio, Report, Target};
-use crate::rounds::{Tally, median, order, percentile, rounded};
+use coord_testkit::bench::report::{Ratio, Report, Target};
+use coord_testkit::bench::rounds::{Tally, median, order, percentile, rounded};
 
 const SCENARIO: &str = "failover";
 /// Short enough to keep the run short, long enough that the loss margin (TTL/6 = 500 ms) is

@@ -23,8 +23,8 @@ use coord_core::{Client, Session};
 use coord_leader::{Election, Leadership};
 
 use crate::Bench;
-use crate::report::{Ratio, Report, Target};
-use crate::rounds::{Tally, order, percentile, rounded};
+use coord_testkit::bench::report::{Ratio, Report, Target};
+use coord_testkit::bench::rounds::{Tally, order, percentile, rounded};
 
 const WARM_UP: Duration = Duration::from_millis(500);
 const TTL: Duration = Duration::from_secs(60);

@@ -20,9 +20,6 @@
 
 mod failover;
 mod handoff;
-mod metrics;
-mod report;
-mod rounds;
 
 use std::future::Future;
 use std::time::Duration;
@@ -30,9 +27,9 @@ use std::time::Duration;
 use coord_core::{Client, ClientConfig};
 use coord_testkit::Etcd;
 
-use crate::metrics::{Scrape, Window};
-use crate::report::Report;
-use crate::rounds::Plan;
+use coord_testkit::bench::metrics::{Scrape, Window};
+use coord_testkit::bench::report::Report;
+use coord_testkit::bench::rounds::Plan;
 
 const SCENARIOS: [&str; 3] = ["handoff-waited", "handoff-fresh", "failover"];
 
@@ -149,7 +146,10 @@ impl Bench {
         let sampling = async {
             loop {
                 tokio::time::sleep(SAMPLE_EVERY).await;
-                let gauge = self.scrape().await.sum(metrics::UNSYNCED_WATCHERS, &[]);
+                let gauge = self
+                    .scrape()
+                    .await
+                    .sum(coord_testkit::bench::metrics::UNSYNCED_WATCHERS, &[]);
                 unsynced.push(gauge);
             }
         };
@@ -198,7 +198,7 @@ async fn run(options: Options) {
         secs: options.secs,
         rounds: options.rounds,
     };
-    let mut report = Report::default();
+    let mut report = Report::per("one campaign + one resign");
     for scenario in &options.scenarios {
         println!("\n{scenario}");
         match *scenario {

@@ -12,8 +12,8 @@ use coord_core::etcd_client::{LockClient, LockOptions};
 use coord_lock::{Mutex, MutexGuard};
 
 use crate::Bench;
-use crate::report::{Ratio, Report, Target};
-use crate::rounds::{Tally, order, rounded};
+use coord_testkit::bench::report::{Ratio, Report, Target};
+use coord_testkit::bench::rounds::{Tally, order, rounded};
 
 const SCENARIO: &str = "mutex-contended";
 const CONTENDERS: usize = 16;

@@ -17,9 +17,6 @@
 
 mod cas_semaphore;
 mod contended;
-mod metrics;
-mod report;
-mod rounds;
 mod semaphore;
 mod uncontended;
 
@@ -29,9 +26,9 @@ use std::time::Duration;
 use coord_core::{Client, ClientConfig};
 use coord_testkit::Etcd;
 
-use crate::metrics::{Scrape, Window};
-use crate::report::Report;
-use crate::rounds::Plan;
+use coord_testkit::bench::metrics::{Scrape, Window};
+use coord_testkit::bench::report::Report;
+use coord_testkit::bench::rounds::Plan;
 
 const SCENARIOS: [&str; 3] = ["mutex-uncontended", "mutex-contended", "semaphore"];
 
@@ -145,7 +142,10 @@ impl Bench {
             let sampling = async {
                 loop {
                     tokio::time::sleep(SAMPLE_EVERY).await;
-                    let gauge = self.scrape().await.sum(metrics::UNSYNCED_WATCHERS, &[]);
+                    let gauge = self
+                        .scrape()
+                        .await
+                        .sum(coord_testkit::bench::metrics::UNSYNCED_WATCHERS, &[]);
                     unsynced.push(gauge);
                 }
             };
@@ -197,7 +197,7 @@ async fn run(options: Options) {
         secs: options.secs,
         rounds: options.rounds,
     };
-    let mut report = Report::default();
+    let mut report = Report::per("one acquire + one release");
     for scenario in &options.scenarios {
         println!("\n{scenario}");
         match *scenario {

@@ -20,8 +20,8 @@ use tokio::sync::watch;
 
 use crate::Bench;
 use crate::cas_semaphore::CasSemaphore;
-use crate::report::{Ratio, Report, Target};
-use crate::rounds::{Tally, median, order, rounded};
+use coord_testkit::bench::report::{Ratio, Report, Target};
+use coord_testkit::bench::rounds::{Tally, median, order, rounded};
 
 const SCENARIO: &str = "semaphore";
 const CONTENDERS: usize = 200;

@@ -11,8 +11,8 @@ use coord_core::etcd_client::{
 use coord_lock::Mutex;
 
 use crate::Bench;
-use crate::report::{Ratio, Report, Target};
-use crate::rounds::{Tally, order, rounded};
+use coord_testkit::bench::report::{Ratio, Report, Target};
+use coord_testkit::bench::rounds::{Tally, order, rounded};
 
 const SCENARIO: &str = "mutex-uncontended";
 const WARM_UP: Duration = Duration::from_millis(300);
