@@ -151,6 +151,11 @@ impl Event {
 ///   final state is exact. This is never an error. (A watcher started with `from_revision` knows
 ///   only the keys it reported itself: keys that existed before that revision and were deleted in
 ///   the gap do not appear in `deletes`.)
+/// - **Oversized catch-up:** the client's shared watch stream accepts responses of up to 4 MiB
+///   (tonic's default). A resumed watch that must catch up on more than that in one response (etcd
+///   batches up to 1,000 revisions) breaks the stream every time it is re-created; so after such
+///   a failure the watcher reads the range and yields a [`Event::Resync`] exactly as after a
+///   compaction, then watches from after the read (live, one revision per response).
 /// - **Backoff:** failed attempts are retried for ever, after a jittered exponential backoff from
 ///   20 ms up to 2 s ([`RetryPolicy`]). It is reset by health: an event or progress notification,
 ///   or a watch that stayed up for 10 s — not by a watch that is created and then fails at once.
@@ -178,6 +183,8 @@ pub struct Watcher {
     retry_at: Option<Instant>,
     /// When the current watch was created.
     created_at: Option<Instant>,
+    /// Read the range again before watching (the watch cannot catch up; see Recovery).
+    relist: bool,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -230,6 +237,7 @@ impl Watcher {
             backoff: reconnect_backoff(),
             retry_at: None,
             created_at: None,
+            relist: false,
         }
     }
 
@@ -300,6 +308,9 @@ impl Watcher {
                 {
                     self.backoff = reconnect_backoff();
                 }
+                if is_oversized(&error) {
+                    self.relist = true;
+                }
                 let delay = self.backoff.next().unwrap_or(Duration::from_secs(2));
                 self.retry_at = Some(Instant::now() + delay);
                 if !error.is_retryable() {
@@ -337,7 +348,7 @@ impl Watcher {
 
     /// One step: read the range, or take one response of the watch.
     async fn step(&mut self) -> Result<()> {
-        let Some(next) = self.next else {
+        let Some(next) = self.next.filter(|_| !self.relist) else {
             return self.relist().await;
         };
         let stall_after = self.stall_after;
@@ -453,6 +464,7 @@ impl Watcher {
             .collect();
         self.known = present;
         self.next = Some(revision + 1);
+        self.relist = false;
         self.watch = None;
         self.buffered.push_back(Event::Resync {
             revision,
@@ -487,6 +499,19 @@ pub fn watch_prefix(
         None => watcher,
     }
     .into_stream()
+}
+
+/// Whether a watch failed because a response exceeded the client's message size limit.
+fn is_oversized(error: &Error) -> bool {
+    let (Error::Unavailable { source, .. } | Error::Etcd { source, .. }) = error else {
+        return false;
+    };
+    match source.inner() {
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == tonic::Code::OutOfRange && status.message().contains("too large")
+        }
+        _ => false,
+    }
 }
 
 fn reconnect_backoff() -> backon::ExponentialBackoff {

@@ -323,3 +323,51 @@ async fn a_stalled_watch_is_recreated_and_loses_and_repeats_nothing() {
     let marker = put(&direct, &format!("{prefix}marker"), "v").await;
     assert_eq!(next(&mut watcher).await.revision(), marker);
 }
+
+#[tokio::test]
+async fn a_catch_up_too_large_for_one_response_becomes_a_resync() {
+    let etcd = Etcd::start().await.unwrap();
+    let proxy = FaultProxy::start(etcd.client_addr()).await.unwrap();
+    let direct = client_of(&etcd, "stream_oversized").await;
+    let via_proxy = ClientConfig::new([proxy.endpoint()])
+        .with_namespace(direct.namespace())
+        .connect()
+        .await
+        .unwrap();
+    let prefix = direct.key("p/");
+    let mut watcher = Watcher::prefix(&via_proxy, prefix.clone());
+    assert!(matches!(next(&mut watcher).await, Event::Resync { .. }));
+    put(&direct, &format!("{prefix}seen"), "v").await;
+    next(&mut watcher).await;
+
+    // 6 MiB of events to catch up on: more than the 4 MiB one watch response may carry.
+    proxy.blackhole();
+    proxy.cut();
+    let big = "x".repeat(1024 * 1024);
+    let mut last = 0;
+    for i in 0..6 {
+        last = put(&direct, &format!("{prefix}{i}"), &big).await;
+    }
+    proxy.heal();
+
+    let Event::Resync {
+        revision,
+        puts,
+        deletes,
+    } = next(&mut watcher).await
+    else {
+        panic!("expected a resync");
+    };
+    assert!(revision >= last);
+    assert!(deletes.is_empty());
+    let keys: Vec<String> = puts
+        .iter()
+        .map(|e| e.key_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        keys,
+        (0..6).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>()
+    );
+    let after = put(&direct, &format!("{prefix}after"), "v").await;
+    assert_eq!(next(&mut watcher).await.revision(), after);
+}
