@@ -130,7 +130,7 @@ impl Event {
 ///   (linearizable) and yields it as a [`Event::Resync`] of puts at the read's revision `R`, then
 ///   watches from `R + 1`. With `from_revision(r)`, it watches from `r` and yields no initial read.
 /// - **Broken stream** (connection reset, member down or failed over, etcd restarted, server
-///   closed the stream) and **server-cancelled watch:** the watch is re-created at `next`.
+///   closed the stream): the watch is re-created at `next`.
 ///   Events and progress notifications advance `next`, and events below it are dropped, so
 ///   nothing is missed and nothing is reported twice. Revisions are cluster-wide, so resuming on
 ///   another member is the same as resuming on the same one.
@@ -159,8 +159,10 @@ impl Event {
 /// - **Backoff:** failed attempts are retried for ever, after a jittered exponential backoff from
 ///   20 ms up to 2 s ([`RetryPolicy`]). It is reset by health: an event or progress notification,
 ///   or a watch that stayed up for 10 s — not by a watch that is created and then fails at once.
-/// - **Permanent errors** (permission denied, auth, TLS): [`Watcher::next`] returns the error;
-///   calling it again retries after the backoff, from the same `next`.
+/// - **Errors that need the caller** (permission denied, auth, TLS, or a watch the server
+///   cancelled for a reason other than compaction, such as a permission revoked while watching):
+///   [`Watcher::next`] returns the error; calling it again retries after the backoff, from the
+///   same `next`.
 ///
 /// A watch whose start revision is not newer than etcd's current revision is served by etcd's
 /// 100 ms catch-up loop until it has caught up; a watcher that resumes after writes therefore
@@ -277,7 +279,9 @@ impl Watcher {
     /// # Errors
     ///
     /// Only errors that need the caller: permission denied, authentication, TLS (see
-    /// [`Error::is_retryable`]). The watcher stays usable: the next call retries after a backoff.
+    /// [`Error::is_retryable`]), and [`Error::WatchCancelled`] when the server cancels the watch
+    /// for a reason other than compaction. The watcher stays usable: the next call retries after
+    /// a backoff.
     ///
     /// # Cancel safety
     ///
