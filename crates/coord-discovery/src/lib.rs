@@ -1,10 +1,23 @@
 //! # coord-discovery — service registration, discovery and typed config over etcd
 //!
-//! This crate will hold lease-bound service registration compatible with etcd's Go `naming/endpoints`
-//! format, a live discovery cache with pickers and tower/tonic adapters, and typed config watches.
+//! | module | what it is for |
+//! |---|---|
+//! | [`config`] | typed config values: [`Config<T>`](config::Config) follows one key (default while absent, last good value kept when a new one is bad, changes in revision order) and updates it with compare-and-set |
 //!
-//! Nothing is implemented yet; it stands on [`coord_core`] (sessions, fencing, errors), which is usable
-//! today.
+//! Still to come: lease-bound service registration compatible with etcd's Go `naming/endpoints`
+//! format, and a live discovery cache with pickers and tower/tonic adapters.
+//!
+//! Everything stands on [`coord_core`] (client, watch engine, errors, retry policy).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), coord_discovery::config::ConfigError> {
+//! let client = coord_core::ClientConfig::new(["http://127.0.0.1:2379"]).with_namespace("myapp/").connect().await?;
+//! let mut workers = coord_discovery::config::Config::new(&client, "workers", 4u32)?;
+//! println!("{} workers", workers.wait_ready().await?.value);
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
+
+pub mod config;
 
 pub use coord_core;

@@ -1,0 +1,86 @@
+//! What can go wrong with a config value: etcd trouble, a value that does not decode, a value the
+//! validation hook rejects, a write that keeps losing its compare-and-set.
+
+use std::error::Error as StdError;
+
+/// A boxed error from a decoder, an encoder or a validation hook.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Everything that can go wrong reading, watching or writing a config value.
+///
+/// Decode and validation failures of a *stored* value never replace the value in use: they are
+/// reported in [`Snapshot::last_error`](crate::config::Snapshot::last_error) while the last good
+/// value stays.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// etcd (or the connection to it) failed; see [`coord_core::Error::is_retryable`].
+    #[error(transparent)]
+    Core(#[from] coord_core::Error),
+
+    /// The stored bytes are not a valid encoding of the value type.
+    #[error("cannot decode {key} (mod revision {mod_revision})")]
+    Decode {
+        /// The full key.
+        key: String,
+        /// The revision of the undecodable value.
+        mod_revision: i64,
+        /// The decoder's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The value decoded but the validation hook rejected it (or, when writing, would reject it).
+    #[error("invalid value for {key} (mod revision {mod_revision})")]
+    Invalid {
+        /// The full key.
+        key: String,
+        /// The revision of the rejected value (0 for a value that was never written).
+        mod_revision: i64,
+        /// The hook's reason.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The value could not be encoded for writing.
+    #[error("cannot encode the value for {key}")]
+    Encode {
+        /// The full key.
+        key: String,
+        /// The encoder's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// An [`update`](crate::config::Config::update) lost its compare-and-set to other writers on
+    /// every attempt its retry policy allowed.
+    #[error("{key}: gave up after {attempts} conflicting writes")]
+    Conflict {
+        /// The full key.
+        key: String,
+        /// How many compare-and-sets were tried.
+        attempts: usize,
+    },
+
+    /// The config's background task is gone (its runtime shut down).
+    #[error("the config watch ended: the runtime is shutting down")]
+    Closed,
+}
+
+impl ConfigError {
+    /// Whether trying again can help (transient etcd trouble, or a lost race with other writers).
+    ///
+    /// ```
+    /// use coord_discovery::config::ConfigError;
+    ///
+    /// let e = ConfigError::Conflict { key: "app/limits".into(), attempts: 10 };
+    /// assert!(e.is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ConfigError::Core(e) => e.is_retryable(),
+            ConfigError::Conflict { .. } => true,
+            _ => false,
+        }
+    }
+}
