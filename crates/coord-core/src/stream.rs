@@ -170,6 +170,7 @@ impl Event {
 ///
 /// Responses are buffered without bound between the client's watch stream and the watcher: a
 /// consumer that falls behind costs memory, not correctness.
+#[must_use = "a watcher does nothing until `next` is called"]
 pub struct Watcher {
     client: Client,
     key: Vec<u8>,
