@@ -163,9 +163,13 @@ impl Client {
         key: Vec<u8>,
         options: etcd_client::WatchOptions,
     ) -> crate::hub::HubWatch {
-        self.shared
-            .hub
-            .watch(&self.etcd.watch_client(), key, options)
+        // A catch-up after a long disconnect can be one large response: allow what a range read may
+        // return rather than tonic's 4 MiB default.
+        let watch = self
+            .etcd
+            .watch_client()
+            .max_decoding_message_size(256 * 1024 * 1024);
+        self.shared.hub.watch(&watch, key, options)
     }
 
     /// The per-request timeout.

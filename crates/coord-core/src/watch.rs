@@ -1,9 +1,9 @@
 //! Watching keys in a way that survives disconnects.
 //!
-//! For now this holds the waits queue-based primitives need: until a key is deleted
-//! ([`wait_deleted`]), changed ([`wait_changed`]), or any key under a prefix is deleted
-//! ([`wait_prefix_deleted`]).
-//! The resumable prefix watch engine and its cache will grow here.
+//! The waits queue-based primitives need: until a key is deleted ([`wait_deleted`]), changed
+//! ([`wait_changed`]), or any (older) key under a prefix is deleted ([`wait_prefix_deleted`],
+//! [`wait_older_deleted`]). The resumable event stream is [`crate::stream`], the cache on it
+//! [`crate::cache`].
 //!
 //! # Recovery
 //!
