@@ -2,7 +2,7 @@
 //!
 //! | module | what it is for |
 //! |---|---|
-//! | [`config`] | typed config values: [`Config<T>`](config::Config) follows one key (default while absent, last good value kept when a new one is bad, changes in revision order) and updates it with compare-and-set |
+//! | [`config`] | typed config values: [`Config<T>`](config::Config) follows one key (default while absent, last good value kept when a new one is bad, changes in revision order) and updates it with compare-and-set; [`ConfigMap<T>`](config::ConfigMap) does the same for every key under a prefix |
 //!
 //! Still to come: lease-bound service registration compatible with etcd's Go `naming/endpoints`
 //! format, and a live discovery cache with pickers and tower/tonic adapters.

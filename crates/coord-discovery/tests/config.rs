@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coord_core::{Client, ClientConfig};
-use coord_discovery::config::{Config, ConfigError, Snapshot, Source};
+use coord_discovery::config::{Config, ConfigError, ConfigMap, MapSnapshot, Snapshot, Source};
 use serde::{Deserialize, Serialize};
 
 const BOUND: Duration = Duration::from_secs(30); // failure bound only
@@ -31,6 +31,19 @@ async fn wait_for<T>(config: &Config<T>, done: impl FnMut(&Snapshot<T>) -> bool)
 
 async fn ready<T>(config: &Config<T>) -> Snapshot<T> {
     wait_for(config, Snapshot::is_ready).await
+}
+
+/// The first map snapshot that satisfies `done` (failing after `BOUND`).
+async fn wait_for_map<T>(
+    map: &ConfigMap<T>,
+    done: impl FnMut(&MapSnapshot<T>) -> bool,
+) -> MapSnapshot<T> {
+    let mut snapshots = map.receiver();
+    let snapshot = tokio::time::timeout(BOUND, snapshots.wait_for(done))
+        .await
+        .expect("no such snapshot in time")
+        .expect("config map task gone");
+    snapshot.clone()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -338,4 +351,145 @@ async fn toml_values_are_read_and_written() {
         .unwrap();
     let read = client.get(client.key("limits"), None).await.unwrap();
     assert_eq!(read.kvs()[0].value(), b"max_jobs = 4\n");
+}
+
+#[tokio::test]
+async fn a_map_holds_stored_entries_and_defaults_of_absent_ones() {
+    let client = shared_client("map_defaults").await;
+    let b_at = client
+        .put(client.key("quotas/b"), "20", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client
+        .put(client.key("quotas/c"), "30", None)
+        .await
+        .unwrap();
+    client.put(client.key("quotasx"), "99", None).await.unwrap(); // outside the prefix
+    let map = ConfigMap::builder(&client, "quotas")
+        .defaults([("a".to_owned(), 1u32), ("b".to_owned(), 2)])
+        .start()
+        .unwrap();
+    let snapshot = wait_for_map(&map, MapSnapshot::is_ready).await;
+    let names: Vec<&str> = snapshot.entries.keys().map(String::as_str).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(*snapshot.entries["a"].value, 1);
+    assert_eq!(snapshot.entries["a"].source, Source::Default);
+    assert_eq!(*snapshot.entries["b"].value, 20);
+    assert_eq!(snapshot.entries["b"].mod_revision, b_at);
+    assert_eq!(*snapshot.entries["c"].value, 30);
+    assert!(snapshot.errors.is_empty());
+}
+
+#[tokio::test]
+async fn a_bad_map_entry_keeps_its_last_good_value_and_spares_the_others() {
+    let client = shared_client("map_bad").await;
+    let map = ConfigMap::<u32>::builder(&client, "quotas")
+        .start()
+        .unwrap();
+    map.set("a", 1).await.unwrap();
+    let b_at = map.set("b", 2).await.unwrap().revision;
+    wait_for_map(&map, |s| s.revision >= b_at).await;
+
+    let mut raw = client.etcd().clone();
+    let bad_at = raw
+        .put(client.key("quotas/a"), "nope", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let snapshot = wait_for_map(&map, |s| s.revision >= bad_at).await;
+    assert_eq!(snapshot.get("a").as_deref(), Some(&1));
+    assert_eq!(snapshot.get("b").as_deref(), Some(&2));
+    assert!(
+        matches!(*snapshot.errors["a"], ConfigError::Decode { mod_revision, .. } if mod_revision == bad_at)
+    );
+
+    let fixed_at = map.set("a", 3).await.unwrap().revision;
+    let snapshot = wait_for_map(&map, |s| s.revision >= fixed_at).await;
+    assert_eq!(snapshot.get("a").as_deref(), Some(&3));
+    assert!(snapshot.errors.is_empty());
+}
+
+#[tokio::test]
+async fn a_deleted_map_entry_falls_back_to_its_default_or_leaves() {
+    let client = shared_client("map_delete").await;
+    let map = ConfigMap::builder(&client, "quotas")
+        .defaults([("a".to_owned(), 1u32)])
+        .start()
+        .unwrap();
+    map.set("a", 10).await.unwrap();
+    let b_at = map.set("b", 20).await.unwrap().revision;
+    wait_for_map(&map, |s| s.revision >= b_at).await;
+
+    let deleted_at = client
+        .delete(
+            client.key("quotas/"),
+            Some(coord_core::etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let snapshot = wait_for_map(&map, |s| s.revision >= deleted_at).await;
+    let names: Vec<&str> = snapshot.entries.keys().map(String::as_str).collect();
+    assert_eq!(names, ["a"]);
+    assert_eq!(*snapshot.entries["a"].value, 1);
+    assert_eq!(snapshot.entries["a"].source, Source::Default);
+}
+
+#[tokio::test]
+async fn a_transaction_writing_several_entries_is_seen_at_once() {
+    use coord_core::etcd_client::{Txn, TxnOp};
+    let client = shared_client("map_txn").await;
+    let map = ConfigMap::<u32>::builder(&client, "quotas")
+        .start()
+        .unwrap();
+    wait_for_map(&map, MapSnapshot::is_ready).await;
+    let at = client
+        .txn(Txn::new().and_then([
+            TxnOp::put(client.key("quotas/a"), "1", None),
+            TxnOp::put(client.key("quotas/b"), "2", None),
+        ]))
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    // The first snapshot showing either entry must show both.
+    let snapshot = wait_for_map(&map, |s| !s.entries.is_empty()).await;
+    assert_eq!(snapshot.revision, at);
+    assert_eq!(snapshot.entries.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_map_updates_lose_no_increment() {
+    let client = shared_client("map_cas").await;
+    let map = ConfigMap::<u64>::builder(&client, "counters")
+        .start()
+        .unwrap();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let map = map.clone();
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    map.update("hits", |n| n.copied().unwrap_or(0) + 1)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .expect("updates in time")
+            .unwrap();
+    }
+    let snapshot = wait_for_map(&map, |s| s.get("hits").is_some_and(|n| *n == 100)).await;
+    assert_eq!(snapshot.entries["hits"].source, Source::Stored);
 }

@@ -4,6 +4,7 @@
 //! | piece | what it is for |
 //! |---|---|
 //! | [`Config<T>`] | one key: the value in use as a [`Snapshot`] in a `watch` channel (default while absent, last good value kept when a new one fails to decode or validate), and compare-and-set writes ([`Config::update`]) |
+//! | [`ConfigMap<T>`] | every key under a prefix as a map of such values, the same rules entry by entry, with per-entry defaults and compare-and-set |
 //! | [`Format`] | JSON by default; TOML behind the `toml` feature |
 //! | [`ConfigError`] | what went wrong, including why a stored value is not in use |
 //!
@@ -40,10 +41,15 @@
 //! # }
 //! ```
 
+mod codec;
 mod error;
 mod format;
+mod map;
 mod value;
+mod write;
 
 pub use error::{BoxError, ConfigError};
 pub use format::Format;
-pub use value::{Config, ConfigBuilder, Snapshot, Source, Written};
+pub use map::{ConfigMap, ConfigMapBuilder, MapEntry, MapSnapshot};
+pub use value::{Config, ConfigBuilder, Snapshot, Source};
+pub use write::Written;

@@ -4,17 +4,16 @@
 use std::fmt;
 use std::sync::Arc;
 
-use coord_core::etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use coord_core::stream::{Entry, Event, Watcher};
 use coord_core::{Client, RetryPolicy};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use super::codec::{Codec, Validator, error_chain};
 use super::error::{BoxError, ConfigError};
 use super::format::Format;
-
-type Validator<T> = Arc<dyn Fn(&T) -> Result<(), BoxError> + Send + Sync>;
+use super::write::{self, Written};
 
 /// Where the value in use came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -79,16 +78,6 @@ impl<T: fmt::Debug> fmt::Debug for Snapshot<T> {
             .field("last_error", &self.last_error)
             .finish()
     }
-}
-
-/// The result of a successful write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Written<T> {
-    /// The value written.
-    pub value: T,
-    /// The revision of the write (the key's new mod revision).
-    pub revision: i64,
 }
 
 /// How a [`Config`] is set up: its default, validation hook, format and write retries.
@@ -197,8 +186,10 @@ impl<T: DeserializeOwned + Send + Sync + 'static> ConfigBuilder<T> {
             client: self.client,
             key,
             default,
-            validate: self.validate,
-            format: self.format,
+            codec: Codec {
+                format: self.format,
+                validate: self.validate,
+            },
             retry: self.retry,
         });
         let watcher = Watcher::key(&shared.client, shared.key.clone());
@@ -212,39 +203,16 @@ struct Shared<T> {
     client: Client,
     key: String,
     default: Arc<T>,
-    validate: Option<Validator<T>>,
-    format: Format,
+    codec: Codec<T>,
     retry: RetryPolicy,
 }
 
 impl<T: DeserializeOwned> Shared<T> {
-    /// Decodes and validates a stored value.
-    fn accept(&self, bytes: &[u8], mod_revision: i64) -> Result<T, ConfigError> {
-        let value = self
-            .format
-            .decode::<T>(bytes)
-            .map_err(|source| ConfigError::Decode {
-                key: self.key.clone(),
-                mod_revision,
-                source,
-            })?;
-        self.check(&value, mod_revision)?;
-        Ok(value)
-    }
-
-    fn check(&self, value: &T, mod_revision: i64) -> Result<(), ConfigError> {
-        match &self.validate {
-            Some(hook) => hook(value).map_err(|source| ConfigError::Invalid {
-                key: self.key.clone(),
-                mod_revision,
-                source,
-            }),
-            None => Ok(()),
-        }
-    }
-
     fn use_stored(&self, snapshot: &mut Snapshot<T>, entry: &Entry) {
-        match self.accept(&entry.value, entry.mod_revision) {
+        match self
+            .codec
+            .accept(&self.key, &entry.value, entry.mod_revision)
+        {
             Ok(value) => {
                 snapshot.value = Arc::new(value);
                 snapshot.mod_revision = entry.mod_revision;
@@ -287,17 +255,6 @@ impl<T: DeserializeOwned> Shared<T> {
         snapshot.revision = revision;
         true
     }
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut current = error.source();
-    while let Some(e) = current {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        current = e.source();
-    }
-    text
 }
 
 /// Follows the key until every receiver is gone.
@@ -409,9 +366,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Config<T> {
             default,
             validate: None,
             format: Format::Json,
-            retry: RetryPolicy::new()
-                .with_min_delay(std::time::Duration::from_millis(2))
-                .with_max_delay(std::time::Duration::from_millis(200)),
+            retry: write::conflict_policy(),
         }
     }
 
@@ -557,11 +512,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Config<T> {
     /// ```
     pub async fn set(&self, value: T) -> Result<Written<T>, ConfigError> {
         let shared = &self.shared;
-        shared.check(&value, 0)?;
-        let bytes = self.encode(&value)?;
-        let put = shared.client.put(shared.key.clone(), bytes, None).await?;
-        let revision = put.header().map_or(0, |h| h.revision());
-        Ok(Written { value, revision })
+        write::put(&shared.client, &shared.codec, &shared.key, value).await
     }
 
     /// Compare-and-set: reads the stored value (the default if the key is absent), computes
@@ -597,59 +548,13 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Config<T> {
         F: FnMut(&T) -> T,
     {
         let shared = &self.shared;
-        let key = shared.key.as_str();
-        let mut backoff = shared.retry.backoff();
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let read = shared.client.get(key, None).await?;
-            let (new, compare) = match read.kvs().first() {
-                Some(kv) => {
-                    let old = shared.accept(kv.value(), kv.mod_revision())?;
-                    let compare = Compare::mod_revision(key, CompareOp::Equal, kv.mod_revision());
-                    (f(&old), compare)
-                }
-                None => (
-                    f(&shared.default),
-                    Compare::create_revision(key, CompareOp::Equal, 0),
-                ),
-            };
-            shared.check(&new, 0)?;
-            let bytes = self.encode(&new)?;
-            let txn = Txn::new()
-                .when([compare])
-                .and_then([TxnOp::put(key, bytes, None)]);
-            let resp = shared.client.txn(txn).await?;
-            if resp.succeeded() {
-                let revision = resp.header().map_or(0, |h| h.revision());
-                return Ok(Written {
-                    value: new,
-                    revision,
-                });
-            }
-            let Some(delay) = backoff.next() else {
-                return Err(ConfigError::Conflict {
-                    key: key.to_owned(),
-                    attempts,
-                });
-            };
-            tracing::debug!(
-                key,
-                attempts,
-                ?delay,
-                "config: update lost a compare-and-set; retrying"
-            );
-            tokio::time::sleep(delay).await;
-        }
-    }
-
-    fn encode(&self, value: &T) -> Result<Vec<u8>, ConfigError> {
-        self.shared
-            .format
-            .encode(value)
-            .map_err(|source| ConfigError::Encode {
-                key: self.shared.key.clone(),
-                source,
-            })
+        write::compare_and_set(
+            &shared.client,
+            &shared.codec,
+            &shared.retry,
+            &shared.key,
+            |old| f(old.as_ref().unwrap_or(&shared.default)),
+        )
+        .await
     }
 }
