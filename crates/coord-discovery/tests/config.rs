@@ -493,3 +493,56 @@ async fn concurrent_map_updates_lose_no_increment() {
     let snapshot = wait_for_map(&map, |s| s.get("hits").is_some_and(|n| *n == 100)).await;
     assert_eq!(snapshot.entries["hits"].source, Source::Stored);
 }
+
+#[tokio::test]
+async fn a_config_disconnected_across_a_compaction_catches_up_keeping_the_last_good_value() {
+    let etcd = coord_testkit::Etcd::start().await.unwrap();
+    let proxy = coord_testkit::FaultProxy::start(etcd.client_addr())
+        .await
+        .unwrap();
+    let direct = ClientConfig::new(etcd.endpoints())
+        .with_namespace(coord_testkit::unique_namespace("config_compaction"))
+        .connect()
+        .await
+        .unwrap();
+    let via_proxy = ClientConfig::new([proxy.endpoint()])
+        .with_namespace(direct.namespace())
+        .connect()
+        .await
+        .unwrap();
+    let config = Config::new(&via_proxy, "n", 0u64).unwrap();
+    let writer = Config::new(&direct, "n", 0u64).unwrap();
+    // A delivered event proves the watch is established through the proxy.
+    let good_at = writer.set(1).await.unwrap().revision;
+    wait_for(&config, |s| s.mod_revision == good_at).await;
+
+    proxy.blackhole();
+    proxy.cut();
+    writer.set(2).await.unwrap();
+    direct.delete(direct.key("n"), None).await.unwrap();
+    let bad_at = direct
+        .put(direct.key("n"), "oops", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    etcd.compact().await.unwrap();
+    proxy.heal();
+
+    // The intermediate values were compacted away: the stored value is bad, so the last good
+    // value this reader saw stays in use, and the error says why.
+    let snapshot = wait_for(&config, |s| s.revision >= bad_at).await;
+    assert_eq!(*snapshot.value, 1);
+    assert_eq!(snapshot.mod_revision, good_at);
+    let error = snapshot.last_error.expect("the decode error is reported");
+    assert!(
+        matches!(*error, ConfigError::Decode { mod_revision, .. } if mod_revision == bad_at),
+        "{error:?}"
+    );
+
+    let fixed_at = writer.set(5).await.unwrap().revision;
+    let snapshot = wait_for(&config, |s| s.revision >= fixed_at).await;
+    assert_eq!(*snapshot.value, 5);
+    assert!(snapshot.last_error.is_none());
+}
