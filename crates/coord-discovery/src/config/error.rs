@@ -4,6 +4,11 @@
 use std::error::Error as StdError;
 
 /// A boxed error from a decoder, an encoder or a validation hook.
+///
+/// ```
+/// let reason: coord_discovery::config::BoxError = "max_jobs must be positive".into();
+/// assert_eq!(reason.to_string(), "max_jobs must be positive");
+/// ```
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// Everything that can go wrong reading, watching or writing a config value.
@@ -11,6 +16,19 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// Decode and validation failures of a *stored* value never replace the value in use: they are
 /// reported in [`Snapshot::last_error`](crate::config::Snapshot::last_error) while the last good
 /// value stays.
+///
+/// ```no_run
+/// # fn demo(config: coord_discovery::config::Config<u32>) {
+/// use coord_discovery::config::ConfigError;
+/// if let Some(error) = &config.borrow().last_error {
+///     match &**error {
+///         ConfigError::Decode { mod_revision, .. } => eprintln!("revision {mod_revision} is not valid JSON"),
+///         ConfigError::Invalid { source, .. } => eprintln!("rejected: {source}"),
+///         other => eprintln!("{other}"),
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {

@@ -18,6 +18,14 @@ use super::value::Source;
 use super::write::{self, Written};
 
 /// One entry of a [`ConfigMap`] in use.
+///
+/// ```no_run
+/// # fn demo(map: coord_discovery::config::ConfigMap<u32>) {
+/// for (name, entry) in &map.borrow().entries {
+///     println!("{name} = {} ({:?}, mod revision {})", entry.value, entry.source, entry.mod_revision);
+/// }
+/// # }
+/// ```
 #[non_exhaustive]
 pub struct MapEntry<T> {
     /// The value in use: the last stored value of the entry that decoded and passed validation,

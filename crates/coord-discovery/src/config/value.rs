@@ -16,6 +16,13 @@ use super::format::Format;
 use super::write::{self, Written};
 
 /// Where the value in use came from.
+///
+/// ```no_run
+/// # fn demo(config: coord_discovery::config::Config<u32>) {
+/// use coord_discovery::config::Source;
+/// if config.borrow().source == Source::Default { println!("nothing stored: using the default"); }
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Source {

@@ -10,6 +10,13 @@ use super::codec::Codec;
 use super::error::ConfigError;
 
 /// The result of a successful write.
+///
+/// ```no_run
+/// # async fn demo(config: coord_discovery::config::Config<u64>) -> Result<(), coord_discovery::config::ConfigError> {
+/// let written = config.update(|n| n + 1).await?;
+/// println!("{} written at revision {}", written.value, written.revision);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Written<T> {
