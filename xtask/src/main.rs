@@ -1,6 +1,7 @@
 //! Project tasks, so that a fresh machine needs nothing but the Rust toolchain.
 //!
-//! * `cargo xtask test`  — every test of the workspace (unit, integration, doc tests) against real etcd.
+//! * `cargo xtask test`  — every test of the workspace (unit, integration, doc tests; all features)
+//!   against real etcd.
 //! * `cargo xtask demo`  — the demo on an embedded etcd.
 //! * `cargo xtask lint`  — `cargo fmt --check`, `cargo clippy --all-targets -D warnings`, `cargo doc`.
 //! * `cargo xtask protoc` — only install protoc (see below).
@@ -36,7 +37,11 @@ fn run(task: &str, rest: &[String]) -> Result<(), String> {
     install_protoc(&root)?;
     match task {
         "protoc" => Ok(()),
-        "test" => cargo(&root, &["test", "--workspace", "--locked"], rest),
+        "test" => cargo(
+            &root,
+            &["test", "--workspace", "--all-features", "--locked"],
+            rest,
+        ),
         "demo" => cargo(
             &root,
             &[
@@ -58,6 +63,7 @@ fn run(task: &str, rest: &[String]) -> Result<(), String> {
                     "clippy",
                     "--workspace",
                     "--all-targets",
+                    "--all-features",
                     "--locked",
                     "--",
                     "-D",
@@ -67,7 +73,13 @@ fn run(task: &str, rest: &[String]) -> Result<(), String> {
             )?;
             cargo_env(
                 &root,
-                &["doc", "--workspace", "--no-deps", "--locked"],
+                &[
+                    "doc",
+                    "--workspace",
+                    "--all-features",
+                    "--no-deps",
+                    "--locked",
+                ],
                 &[],
                 &[("RUSTDOCFLAGS", "-D warnings")],
             )
