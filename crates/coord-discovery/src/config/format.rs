@@ -1,4 +1,4 @@
-//! How values are stored: JSON by default, TOML behind the `toml` feature.
+//! How values are stored: JSON by default, TOML and YAML behind the `toml` and `yaml` features.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -8,9 +8,9 @@ use super::error::BoxError;
 /// The encoding of stored values.
 ///
 /// JSON ([`Format::Json`]) is the default and what etcdctl users expect. TOML (`Format::Toml`,
-/// feature `toml`) can store only tables (structs and maps), not bare numbers or strings. There
-/// is no YAML: `serde_yaml` is unmaintained (archived in 2024) and its forks were too young to
-/// depend on when this was written.
+/// feature `toml`) can store only tables (structs and maps), not bare numbers or strings. YAML
+/// (`Format::Yaml`, feature `yaml`) uses `serde_yaml_ng`, the maintained fork of the archived
+/// `serde_yaml`.
 ///
 /// ```
 /// use coord_discovery::config::Format;
@@ -26,6 +26,9 @@ pub enum Format {
     /// The `toml` crate (feature `toml`); top-level values must be tables.
     #[cfg(feature = "toml")]
     Toml,
+    /// The `serde_yaml_ng` crate (feature `yaml`).
+    #[cfg(feature = "yaml")]
+    Yaml,
 }
 
 impl Format {
@@ -34,6 +37,8 @@ impl Format {
             Format::Json => Ok(serde_json::from_slice(bytes)?),
             #[cfg(feature = "toml")]
             Format::Toml => Ok(toml::from_str(std::str::from_utf8(bytes)?)?),
+            #[cfg(feature = "yaml")]
+            Format::Yaml => Ok(serde_yaml_ng::from_slice(bytes)?),
         }
     }
 
@@ -42,6 +47,8 @@ impl Format {
             Format::Json => Ok(serde_json::to_vec(value)?),
             #[cfg(feature = "toml")]
             Format::Toml => Ok(toml::to_string(value)?.into_bytes()),
+            #[cfg(feature = "yaml")]
+            Format::Yaml => Ok(serde_yaml_ng::to_string(value)?.into_bytes()),
         }
     }
 }
@@ -65,6 +72,23 @@ mod tests {
         assert_eq!(
             Format::Toml
                 .decode::<std::collections::BTreeMap<String, i32>>(&bytes)
+                .unwrap(),
+            value
+        );
+    }
+
+    #[cfg(feature = "yaml")]
+    #[test]
+    fn yaml_round_trips() {
+        let value = std::collections::BTreeMap::from([("max".to_owned(), vec![1, 2])]);
+        let bytes = Format::Yaml.encode(&value).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes.clone()).unwrap(),
+            "max:\n- 1\n- 2\n"
+        );
+        assert_eq!(
+            Format::Yaml
+                .decode::<std::collections::BTreeMap<String, Vec<i32>>>(&bytes)
                 .unwrap(),
             value
         );

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | [`Config<T>`] | one key: the value in use as a [`Snapshot`] in a `watch` channel (default while absent, last good value kept when a new one fails to decode or validate), and compare-and-set writes ([`Config::update`]) |
 //! | [`ConfigMap<T>`] | every key under a prefix as a map of such values, the same rules entry by entry, with per-entry defaults and compare-and-set |
-//! | [`Format`] | JSON by default; TOML behind the `toml` feature |
+//! | [`Format`] | JSON by default; TOML and YAML behind the `toml` and `yaml` features |
 //! | [`ConfigError`] | what went wrong, including why a stored value is not in use |
 //!
 //! Layout: design.md §3, "Config": the value is stored at `namespace + name`, written with
