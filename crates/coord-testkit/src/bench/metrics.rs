@@ -86,7 +86,7 @@ pub struct Window {
 }
 
 /// The unary methods reported one by one; the rest is summed as "other".
-const NAMED_UNARY: [&str; 10] = [
+pub const NAMED_UNARY: [&str; 10] = [
     "Range",
     "Txn",
     "Put",
