@@ -142,6 +142,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// etcd answered with a response whose shape the operation did not expect (for example fewer
+    /// results than the transaction had operations). Not retryable: it points at a bug or an
+    /// incompatible server.
+    #[error("etcd answered {operation} with a response of an unexpected shape")]
+    UnexpectedResponse {
+        /// The operation.
+        operation: &'static str,
+    },
+
     /// A background task the operation depends on was cancelled: the Tokio runtime is shutting down.
     #[error("the runtime is shutting down")]
     Shutdown,

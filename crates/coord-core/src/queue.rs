@@ -533,7 +533,9 @@ pub async fn wait_for_turn(
                     })
                     .collect();
                 let [mine, older] = gets.as_slice() else {
-                    return Err(Error::Shutdown);
+                    return Err(Error::UnexpectedResponse {
+                        operation: "queue read",
+                    });
                 };
                 if mine
                     .kvs()

@@ -853,7 +853,10 @@ impl Semaphore {
                 })
                 .collect();
             let [mine, older, stored] = gets.as_slice() else {
-                return Err(CoreError::Shutdown.into());
+                return Err(CoreError::UnexpectedResponse {
+                    operation: "semaphore read",
+                }
+                .into());
             };
             let Some(me) = mine
                 .kvs()
