@@ -28,6 +28,7 @@ use coord_core::{Client, ClientConfig};
 use coord_testkit::Etcd;
 
 use coord_testkit::bench::metrics::{Scrape, Window};
+use coord_testkit::bench::options::{Options, cpu_model};
 use coord_testkit::bench::report::Report;
 use coord_testkit::bench::rounds::Plan;
 
@@ -39,60 +40,6 @@ const SETTLE: Duration = Duration::from_millis(200);
 
 /// How often the unsynced-watcher gauge is sampled during rounds.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
-
-/// Command line and environment.
-#[derive(Debug)]
-struct Options {
-    scenarios: Vec<&'static str>,
-    secs: Option<f64>,
-    rounds: Option<usize>,
-}
-
-impl Options {
-    fn parse() -> Result<Options, String> {
-        let mut options = Options {
-            scenarios: Vec::new(),
-            secs: env_number("COORD_BENCH_SECS")?,
-            rounds: env_number("COORD_BENCH_ROUNDS")?,
-        };
-        for arg in std::env::args().skip(1) {
-            if let Some(secs) = arg.strip_prefix("--secs=") {
-                options.secs = Some(number("--secs", secs)?);
-            } else if let Some(rounds) = arg.strip_prefix("--rounds=") {
-                options.rounds = Some(number("--rounds", rounds)?);
-            } else if arg.starts_with('-') {
-                // `cargo bench` passes `--bench`; libtest flags mean nothing here.
-            } else if let Some(name) = SCENARIOS.iter().find(|s| **s == arg) {
-                options.scenarios.push(name);
-            } else {
-                return Err(format!(
-                    "unknown scenario {arg:?}; choose from {}",
-                    SCENARIOS.join(", ")
-                ));
-            }
-        }
-        if options.scenarios.is_empty() {
-            options.scenarios = SCENARIOS.to_vec();
-        }
-        if options.secs.is_some_and(|s| s.is_nan() || s <= 0.0) || options.rounds == Some(0) {
-            return Err("rounds and their length must be positive".to_owned());
-        }
-        Ok(options)
-    }
-}
-
-fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
-    match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => number(name, value.trim()).map(Some),
-        _ => Ok(None),
-    }
-}
-
-fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{name}={value:?} is not a number"))
-}
 
 /// What every scenario works with: the server and the run's settings.
 pub(crate) struct Bench {
@@ -165,7 +112,7 @@ impl Bench {
 }
 
 fn main() {
-    let options = match Options::parse() {
+    let options = match Options::parse(&SCENARIOS) {
         Ok(options) => options,
         Err(message) => {
             eprintln!("{message}");
@@ -210,16 +157,4 @@ async fn run(options: Options) {
     }
     report.print();
     // Dropping `bench` kills etcd.
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split_once(':'))
-                .map(|(_, model)| model.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned())
 }

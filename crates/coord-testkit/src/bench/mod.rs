@@ -19,5 +19,6 @@
 //! ```
 
 pub mod metrics;
+pub mod options;
 pub mod report;
 pub mod rounds;
