@@ -22,6 +22,21 @@ enum Replay {
 }
 
 /// Whether tonic failed to connect at all, so the request never reached a server.
+/// Runs one request attempt on a task of its own and waits for it there: dropping the returned
+/// future leaves the request running to its end instead of cancelling it on the wire.
+fn detached<T: Send + 'static>(
+    attempt: impl Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
+) -> impl Future<Output = std::result::Result<T, etcd_client::Error>> {
+    let task = tokio::spawn(attempt);
+    async move {
+        task.await.unwrap_or_else(|e| {
+            Err(etcd_client::Error::IoError(std::io::Error::other(format!(
+                "request task ended early: {e}"
+            ))))
+        })
+    }
+}
+
 fn is_connect_failure(error: &etcd_client::Error) -> bool {
     let etcd_client::Error::GRpcStatus(status) = error else {
         return matches!(error, etcd_client::Error::TransportError(_));
@@ -195,7 +210,9 @@ impl Client {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future abandons the request; the server may or may not have applied it.
+    /// Dropping the future abandons the request; the server may or may not have applied it. Send
+    /// transactions through [`Client::txn`] instead: etcd 3.5.0–3.5.4 crash when a read-only
+    /// transaction is cancelled while they run it, and `txn` never cancels one on the wire.
     ///
     /// ```no_run
     /// # async fn demo(client: coord_core::Client) -> coord_core::Result<()> {
@@ -345,11 +362,14 @@ impl Client {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future abandons the request; the transaction may or may not have been applied.
+    /// Dropping the future (or running out of time) abandons the wait for the answer, not the
+    /// request: each attempt runs to its end on a task of its own, so the transaction may or may
+    /// not have been applied. The request is never cancelled on the wire because etcd 3.5.0–3.5.4
+    /// crash when a read-only transaction is cancelled while they run it (etcd-io/etcd#14110).
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
         self.call(&self.kv, "txn", Replay::IfNeverSent, |mut etcd| {
             let txn = txn.clone();
-            async move { etcd.txn(txn).await }
+            detached(async move { etcd.txn(txn).await })
         })
         .await
     }

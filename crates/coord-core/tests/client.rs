@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::shared_client;
 use coord_core::keys::lease_key;
 use coord_core::{ClientConfig, Error, Session};
-use etcd_client::LockOptions;
+use etcd_client::{GetOptions, LockOptions, Txn, TxnOp};
 
 #[tokio::test]
 async fn an_unreachable_endpoint_is_a_retryable_unavailable_error() {
@@ -122,4 +122,43 @@ async fn the_servers_go_lock_uses_the_documented_key_layout() {
     // Closing our session releases the Go lock: the key goes with the lease.
     session.close().await.unwrap();
     assert!(client.get(expected, None).await.unwrap().kvs().is_empty());
+}
+
+/// etcd 3.5.0–3.5.4 panic — the whole server goes down — when a read-only transaction is
+/// cancelled while the server runs it (etcd-io/etcd#14110). A caller that drops `Client::txn` or
+/// runs out of time must therefore never cancel the request on the wire. The test reads a large
+/// range in transactions abandoned after a few hundred microseconds, then checks the server is
+/// still there. Against etcd 3.7 it passes either way; CI's etcd 3.5 run is the one that bites.
+#[tokio::test]
+async fn abandoned_read_only_transactions_never_take_the_server_down() {
+    // A server of its own: a crash must not take the shared one with it.
+    let etcd = coord_testkit::Etcd::start().await.unwrap();
+    let client = common::client_of(&etcd, "ro_txn").await;
+    let prefix = client.key("big/");
+    let value = vec![b'x'; 1024];
+    for batch in 0..20 {
+        let puts: Vec<TxnOp> = (0..100)
+            .map(|i| TxnOp::put(format!("{prefix}{batch:02}-{i:03}"), value.clone(), None))
+            .collect();
+        client.txn(Txn::new().and_then(puts)).await.unwrap();
+    }
+
+    for i in 0..200u64 {
+        let read = Txn::new().and_then([TxnOp::get(
+            prefix.clone(),
+            Some(GetOptions::new().with_prefix()),
+        )]);
+        let within = Duration::from_micros(100 + (i % 20) * 50);
+        let _ = tokio::time::timeout(within, client.txn(read)).await;
+    }
+
+    let read = Txn::new().and_then([TxnOp::get(
+        prefix.clone(),
+        Some(GetOptions::new().with_prefix().with_count_only()),
+    )]);
+    let resp = client.txn(read).await.expect("etcd is still serving");
+    match &resp.op_responses()[0] {
+        etcd_client::TxnOpResponse::Get(get) => assert_eq!(get.count(), 2000),
+        other => panic!("{other:?}"),
+    }
 }
