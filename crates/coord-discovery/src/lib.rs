@@ -19,5 +19,6 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod service;
 
 pub use coord_core;
