@@ -3,9 +3,9 @@
 //! | module | what it is for |
 //! |---|---|
 //! | [`config`] | typed config values: [`Config<T>`](config::Config) follows one key (default while absent, last good value kept when a new one is bad, changes in revision order) and updates it with compare-and-set; [`ConfigMap<T>`](config::ConfigMap) does the same for every key under a prefix |
+//! | [`service`] | lease-bound service registration ([`register`](service::register) → [`Registration<T>`](service::Registration), re-registered with the latest metadata after session loss) and live discovery ([`Discovery<T>`](service::Discovery) → [`ServiceSet<T>`](service::ServiceSet) snapshots and [`Changes`](service::Changes)), in etcd's Go `naming/endpoints` format |
 //!
-//! Still to come: lease-bound service registration compatible with etcd's Go `naming/endpoints`
-//! format, and a live discovery cache with pickers and tower/tonic adapters.
+//! Still to come: pickers and tower/tonic adapters on top of [`service::ServiceSet`].
 //!
 //! Everything stands on [`coord_core`] (client, watch engine, errors, retry policy).
 //!

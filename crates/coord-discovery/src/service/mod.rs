@@ -32,6 +32,30 @@
 //! registration.deregister().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Elsewhere, the live set of healthy instances:
+//!
+//! ```no_run
+//! # async fn demo(client: coord_core::Client) -> Result<(), coord_discovery::service::ServiceError> {
+//! use coord_discovery::service::{Change, Discovery, Status};
+//!
+//! #[derive(serde::Deserialize, Debug)]
+//! struct Api { grpc: bool }
+//!
+//! let mut api = Discovery::<Api>::builder(&client, "api").statuses([Status::Healthy]).start()?;
+//! let set = api.wait_ready().await?;
+//! println!("{} healthy instances at revision {}", set.len(), set.revision);
+//!
+//! let mut changes = api.changes();
+//! while let Ok(change) = changes.next().await {
+//!     match change {
+//!         Change::Insert(e) => println!("+ {} at {} ({:?})", e.id, e.addr, e.metadata),
+//!         Change::Remove(e) => println!("- {}", e.id),
+//!         other => println!("~ {}", other.id()),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 
 mod discovery;
 mod error;
