@@ -1,0 +1,114 @@
+//! `coord-reboot`: the FleetLock server (`serve`) and the operator commands.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use coord_reboot::{Config, Server};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// A FleetLock reboot coordinator over etcd: at most N machines of a group reboot at once.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve FleetLock (`/v1/pre-reboot`, `/v1/steady-state`), `/metrics`, `/healthz`, `/readyz`.
+    /// SIGHUP reloads the configuration (groups, slots, limits); SIGTERM or Ctrl-C stops.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => serve(&config).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn serve(path: &Path) -> Result<ExitCode, BoxError> {
+    let config = Config::load(path)?;
+    let server = Server::start(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
+    tracing::info!(listen = %listener.local_addr()?, groups = ?config.groups.keys().collect::<Vec<_>>(), "serving FleetLock");
+
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let reloader = server.clone();
+    let path = path.to_owned();
+    let shutdown = async move {
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => reload(&reloader, &path).await,
+                _ = terminate.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        tracing::info!("stopping: finishing the requests in flight");
+    };
+    server.serve(listener, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reload(server: &Server, path: &Path) {
+    let loaded = match Config::load(path) {
+        Ok(config) => server.reload(&config).await.map(|()| config),
+        Err(e) => Err(e.into()),
+    };
+    match loaded {
+        Ok(config) => {
+            tracing::info!(groups = ?config.groups.keys().collect::<Vec<_>>(), "configuration reloaded")
+        }
+        Err(e) => {
+            tracing::error!(error = %chain(&e), "reload failed; the previous configuration stays")
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
