@@ -7,8 +7,8 @@ use std::time::Duration;
 use coord_core::etcd_client::{GetOptions, PutOptions};
 use coord_core::{Client, ClientConfig, Session};
 use coord_discovery::service::{
-    Change, Changes, Discovery, Instance, Origin, RegistrationState, ServiceError, ServiceSet,
-    Status, register,
+    Change, Changes, Discovery, Instance, Origin, Registration, RegistrationState, ServiceError,
+    ServiceSet, Status, register,
 };
 use serde::{Deserialize, Serialize};
 
@@ -566,5 +566,29 @@ async fn closing_the_session_deregisters_without_coming_back() {
         registration.update(()).await,
         Err(ServiceError::Deregistered { .. })
     ));
+    assert!(namespace_keys(&client).await.is_empty());
+}
+
+#[tokio::test]
+async fn without_re_registration_a_lost_session_ends_the_registration() {
+    let client = shared_client("svc_no_rereg").await;
+    let session = Session::new(client.clone(), TTL).await.unwrap();
+    let registration = Registration::builder(&session, "api", Instance::new("api-1", "h:1", ()))
+        .reregister(false)
+        .register()
+        .await
+        .unwrap();
+    let mut state = registration.subscribe();
+    client.lease_revoke(session.lease_id()).await.unwrap();
+    tokio::time::timeout(BOUND, state.wait_for(|s| s.is_final()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(registration.state(), RegistrationState::Lost));
+    assert!(matches!(
+        registration.update(()).await,
+        Err(ServiceError::Deregistered { .. })
+    ));
+    registration.deregister().await.unwrap();
     assert!(namespace_keys(&client).await.is_empty());
 }

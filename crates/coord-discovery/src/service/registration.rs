@@ -595,8 +595,13 @@ impl<T> Shared<T> {
                 TxnOpResponse::Get(get) => get.kvs().first().cloned(),
                 _ => None,
             });
-            // Deleted between the compare and the read: try again.
-            let Some(existing) = existing else { continue };
+            // The read is in the same transaction as the failed compare: the key must be there.
+            let Some(existing) = existing else {
+                return Err(Error::UnexpectedResponse {
+                    operation: "register",
+                }
+                .into());
+            };
             let holder = LeaseId::new(existing.lease());
             if !leases.contains(&holder) {
                 return Err(ServiceError::Conflict { key, lease: holder });
