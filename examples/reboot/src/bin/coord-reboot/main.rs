@@ -1,7 +1,10 @@
 //! `coord-reboot`: the FleetLock server (`serve`) and the operator commands.
 
-use std::path::{Path, PathBuf};
+mod operator;
+
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use coord_reboot::{Config, Server};
@@ -13,16 +16,45 @@ use tokio::signal::unix::{SignalKind, signal};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: operator::Connection,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve FleetLock (`/v1/pre-reboot`, `/v1/steady-state`), `/metrics`, `/healthz`, `/readyz`.
     /// SIGHUP reloads the configuration (groups, slots, limits); SIGTERM or Ctrl-C stops.
-    Serve {
-        /// The TOML configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
+    /// Needs `--config FILE`.
+    Serve,
+    /// Show each group's slots and holders (age, fencing token, expiry) and waiters.
+    Status {
+        /// Only these groups (default: every group in etcd and in `--config`).
+        groups: Vec<String>,
+    },
+    /// Store how many machines of GROUP may reboot at once. Lowering it evicts nobody. A server
+    /// whose configuration sets `slots` for the group writes its value back at start and reload.
+    SetMax {
+        /// The group.
+        group: String,
+        /// The new number of slots.
+        slots: u32,
+    },
+    /// Take a slot of GROUP for ID now, as a FleetLock pre-reboot would (exit code 75, EX_TEMPFAIL, when full).
+    Lock {
+        /// The group.
+        group: String,
+        /// The holder id.
+        id: String,
+        /// Release the slot on its own after this long (`90s`, `2h`).
+        #[arg(long, value_parser = operator::parse_ttl)]
+        ttl: Option<Duration>,
+    },
+    /// Remove ID's slot of GROUP, whoever took it (a machine that will not come back).
+    Unlock {
+        /// The group.
+        group: String,
+        /// The holder id.
+        id: String,
     },
 }
 
@@ -37,8 +69,16 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let connection = &cli.connection;
         match cli.command {
-            Command::Serve { config } => serve(&config).await,
+            Command::Serve => match connection.config() {
+                Some(config) => serve(config).await,
+                None => Err("serve needs --config FILE".into()),
+            },
+            Command::Status { groups } => operator::status(connection, &groups).await,
+            Command::SetMax { group, slots } => operator::set_max(connection, &group, slots).await,
+            Command::Lock { group, id, ttl } => operator::lock(connection, &group, &id, ttl).await,
+            Command::Unlock { group, id } => operator::unlock(connection, &group, &id).await,
         }
     });
     match result {
@@ -56,6 +96,8 @@ async fn serve(path: &Path) -> Result<ExitCode, BoxError> {
     let config = Config::load(path)?;
     let server = Server::start(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
+    // On stdout, for scripts that bind port 0.
+    println!("listening on {}", listener.local_addr()?);
     tracing::info!(listen = %listener.local_addr()?, groups = ?config.groups.keys().collect::<Vec<_>>(), "serving FleetLock");
 
     let mut hangup = signal(SignalKind::hangup())?;
@@ -111,4 +153,14 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }
