@@ -367,6 +367,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid() {
+        let config = Config::from_toml(include_str!("../coord-reboot.example.toml")).unwrap();
+        assert_eq!(config.groups.len(), 3);
+        assert_eq!(config.groups["databases"].slots, None);
+    }
+
+    #[test]
     fn misspelt_keys_are_errors_not_defaults() {
         let err = Config::from_toml(&format!("{MINIMAL}[groups.default]\nslot = 3\n"));
         assert!(matches!(err, Err(ConfigError::Toml(_))), "{err:?}");

@@ -647,3 +647,36 @@ async fn etcd_down_is_a_503_and_not_ready() {
     let (status, body) = tokio::time::timeout(BOUND, lock).await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+#[tokio::test]
+async fn etcd_refusing_the_operation_is_a_500() {
+    let etcd = coord_testkit::Etcd::builder()
+        .root_password("root-secret")
+        .start()
+        .await
+        .unwrap();
+    // A user etcd knows but lets touch no key.
+    let mut root = etcd.client().await.unwrap();
+    root.user_add("reboot", "secret", None).await.unwrap();
+    // No `slots`: the server starts without writing.
+    let text = format!(
+        "[server]\nrequest_timeout = \"3s\"\n[etcd]\nendpoints = {:?}\nusername = \"reboot\"\n\
+         password = \"secret\"\n[groups.default]\n",
+        etcd.endpoints()
+    );
+    let server = Server::start(&Config::from_toml(&text).unwrap())
+        .await
+        .unwrap();
+    let base = serve(server).await;
+    let response = reqwest::Client::new()
+        .post(base.join("v1/pre-reboot").unwrap())
+        .header("fleet-lock-protocol", "true")
+        .body(body("node-a", "default"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let text = response.text().await.unwrap();
+    assert_eq!(kind(&text), "etcd_error", "{text}");
+    assert!(text.contains("permission denied"), "{text}");
+}
