@@ -47,7 +47,10 @@ mod semaphore;
 pub use coord_core;
 pub use error::{Error, Result};
 pub use mutex::{Holder, Mutex, MutexGuard};
-pub use semaphore::{Durability, DurableSlot, HolderInfo, Limit, MAX_LIMIT, Permit, Semaphore};
+pub use semaphore::{
+    Durability, DurableSlot, HolderInfo, Limit, MAX_LIMIT, MAX_TAKEN_BY, Permit, Semaphore,
+    SemaphoreAdmin,
+};
 
 /// A holder's key vanished: an expired session (the lease is gone on the server, even if the
 /// keep-alive task has not noticed yet) is `SessionLost`; otherwise an operator removed it.

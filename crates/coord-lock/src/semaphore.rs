@@ -11,7 +11,7 @@ use coord_core::etcd_client::{
 };
 use coord_core::keys::{lease_key, queue_prefix, validate_name, validate_segment};
 use coord_core::watch::{wait_changed, wait_older_deleted};
-use coord_core::{Error as CoreError, FencingToken, Ownership, Session};
+use coord_core::{Client, Error as CoreError, FencingToken, Ownership, Session};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
 
@@ -22,6 +22,9 @@ use crate::{Error, Result};
 
 /// The largest limit a semaphore accepts.
 pub const MAX_LIMIT: u32 = 100_000;
+
+/// The longest [`Semaphore::with_taken_by`] note, in bytes.
+pub const MAX_TAKEN_BY: usize = 256;
 
 /// Where a semaphore's limit comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,10 +71,13 @@ struct Record {
     holder: String,
     held: bool,
     since_ms: u64,
+    /// Who took it, if the handle said ([`Semaphore::with_taken_by`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    by: Option<String>,
 }
 
 impl Record {
-    fn new(holder: &str, held: bool) -> Record {
+    fn new(holder: &str, held: bool, by: Option<&str>) -> Record {
         let since_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
@@ -79,6 +85,7 @@ impl Record {
             holder: holder.to_owned(),
             held,
             since_ms: u64::try_from(since_ms).unwrap_or(u64::MAX),
+            by: by.map(str::to_owned),
         }
     }
 
@@ -111,6 +118,9 @@ pub struct HolderInfo {
     pub since: SystemTime,
     /// The lease the key is attached to (0: none).
     pub lease: i64,
+    /// Who took it, when the taking handle said ([`Semaphore::with_taken_by`]): a server
+    /// replica, an operator, a tool.
+    pub taken_by: Option<String>,
 }
 
 /// A counting semaphore in etcd: at most `limit` holders at a time, FIFO.
@@ -147,6 +157,7 @@ pub struct Semaphore {
     limit: Limit,
     key: String,
     local: Arc<tokio::sync::Mutex<()>>,
+    taken_by: Option<Arc<str>>,
 }
 
 impl fmt::Debug for Semaphore {
@@ -195,7 +206,48 @@ impl Semaphore {
             limit,
             local: local_slot(&key),
             key,
+            taken_by: None,
         })
+    }
+
+    /// The same semaphore, recording `by` as who took each entry this handle writes (shown as
+    /// [`HolderInfo::taken_by`]): a FleetLock server replica, an operator's name, a tool.
+    ///
+    /// # Errors
+    ///
+    /// [`coord_core::Error::InvalidConfig`] when `by` is longer than [`MAX_TAKEN_BY`] bytes or
+    /// holds control characters.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
+    /// use coord_lock::{Durability, Limit, Semaphore};
+    ///
+    /// let reboots = Semaphore::new(&session, "reboot/workers", Limit::Stored { default: 1 })?
+    ///     .with_taken_by("fleetlock@gateway-2")?;
+    /// let slot = reboots.try_acquire_as("node-7", Durability::UntilReleased).await?;
+    /// # let _ = slot; Ok(()) }
+    /// ```
+    pub fn with_taken_by(mut self, by: &str) -> Result<Semaphore> {
+        if by.len() > MAX_TAKEN_BY || by.chars().any(char::is_control) {
+            return Err(CoreError::InvalidConfig {
+                field: "taken_by",
+                reason: format!("{by:?}: at most {MAX_TAKEN_BY} bytes, no control characters"),
+            }
+            .into());
+        }
+        self.taken_by = Some(by.into());
+        Ok(self)
+    }
+
+    /// A session-free handle on the same semaphore, for reads and operator writes.
+    pub fn admin(&self) -> SemaphoreAdmin {
+        SemaphoreAdmin {
+            client: self.session.client().clone(),
+            name: self.name.clone(),
+            prefix: self.prefix.clone(),
+            limit_key: self.limit_key.clone(),
+            limit: self.limit,
+        }
     }
 
     /// The queue prefix: `namespace + name + "/"`.
@@ -298,7 +350,7 @@ impl Semaphore {
         let mut entry = Entry::enqueue_reading(
             &self.session,
             self.key.clone(),
-            Record::new(&holder, false).encode(),
+            Record::new(&holder, false, self.taken_by.as_deref()).encode(),
             self.enqueue_reads(),
         )
         .holding(local);
@@ -421,7 +473,7 @@ impl Semaphore {
         let mut entry = Entry::enqueue_reading(
             &self.session,
             key.clone(),
-            Record::new(id, false).encode(),
+            Record::new(id, false, self.taken_by.as_deref()).encode(),
             self.enqueue_reads(),
         );
         let enqueued = entry.settle().await?;
@@ -466,8 +518,7 @@ impl Semaphore {
         })
     }
 
-    /// Releases `id`'s durable slot (or its waiting entry). Releasing an id that holds nothing
-    /// succeeds.
+    /// Releases `id`'s durable slot (or its waiting entry); as [`SemaphoreAdmin::release_as`].
     ///
     /// # Errors
     ///
@@ -477,17 +528,10 @@ impl Semaphore {
     ///
     /// Cancel safe: the delete either happened or not; call again.
     pub async fn release_as(&self, id: &str) -> Result<()> {
-        validate_segment(id)?;
-        self.session
-            .client()
-            .delete(self.durable_key(id), None)
-            .await?;
-        Ok(())
+        self.admin().release_as(id).await
     }
 
-    /// Operator override: removes the holder or waiter `id` — a durable id, or a session-bound
-    /// holder's lease in hex — whatever it is doing. The removed holder's `owns()` compares fail
-    /// from then on. Returns whether something was removed.
+    /// Operator override: removes the holder or waiter `id`; as [`SemaphoreAdmin::force_release`].
     ///
     /// # Errors
     ///
@@ -496,31 +540,11 @@ impl Semaphore {
     /// # Cancel safety
     ///
     /// Cancel safe.
-    ///
-    /// ```no_run
-    /// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
-    /// use coord_lock::{Limit, Semaphore};
-    ///
-    /// let reboots = Semaphore::new(&session, "reboot/workers", Limit::Stored { default: 1 })?;
-    /// for holder in reboots.holders().await? {
-    ///     println!("{} since {:?} (token {})", holder.id, holder.since, holder.token);
-    /// }
-    /// // node-3 died mid-reboot and will not come back:
-    /// reboots.force_release("node-3").await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn force_release(&self, id: &str) -> Result<bool> {
-        validate_segment(id)?;
-        let client = self.session.client();
-        let durable = client.delete(self.durable_key(id), None).await?;
-        if durable.deleted() > 0 {
-            return Ok(true);
-        }
-        let session_key = format!("{}{id}", self.prefix);
-        Ok(client.delete(session_key, None).await?.deleted() > 0)
+        self.admin().force_release(id).await
     }
 
-    /// The current limit: the stored one (or its default), or the fixed one.
+    /// The current limit; as [`SemaphoreAdmin::limit`].
     ///
     /// # Errors
     ///
@@ -530,63 +554,23 @@ impl Semaphore {
     ///
     /// Cancel safe (a read).
     pub async fn limit(&self) -> Result<u32> {
-        match self.limit {
-            Limit::Fixed(n) => Ok(n),
-            Limit::Stored { default } => {
-                let read = self
-                    .session
-                    .client()
-                    .get(self.limit_key.clone(), None)
-                    .await?;
-                Ok(parse_limit(
-                    read.kvs().first().map(|kv| kv.value()),
-                    default,
-                ))
-            }
-        }
+        self.admin().limit().await
     }
 
-    /// Changes the stored limit. Lowering it never evicts holders; it only stops new grants until
-    /// enough have released. Raising it wakes waiters at once.
+    /// Changes the stored limit; as [`SemaphoreAdmin::set_limit`].
     ///
     /// # Errors
     ///
-    /// [`coord_core::Error::InvalidConfig`] for 0, a value over [`MAX_LIMIT`], or a semaphore whose
-    /// limit is [`Limit::Fixed`]; transport errors.
+    /// As [`SemaphoreAdmin::set_limit`].
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: the write either happened or not.
-    ///
-    /// ```no_run
-    /// # async fn demo(session: coord_core::Session) -> coord_lock::Result<()> {
-    /// use coord_lock::{Limit, Semaphore};
-    ///
-    /// let reboots = Semaphore::new(&session, "reboot/workers", Limit::Stored { default: 1 })?;
-    /// reboots.set_limit(3).await?; // a maintenance window: three at a time
-    /// assert_eq!(reboots.limit().await?, 3);
-    /// # Ok(()) }
-    /// ```
     pub async fn set_limit(&self, limit: u32) -> Result<()> {
-        let limit = Limit::validate(limit)?;
-        if let Limit::Fixed(_) = self.limit {
-            return Err(CoreError::InvalidConfig {
-                field: "limit",
-                reason: format!(
-                    "semaphore {} has a fixed limit; use Limit::Stored",
-                    self.name
-                ),
-            }
-            .into());
-        }
-        self.session
-            .client()
-            .put(self.limit_key.clone(), limit.to_string(), None)
-            .await?;
-        Ok(())
+        self.admin().set_limit(limit).await
     }
 
-    /// Everyone in the queue, holders first, in order.
+    /// Everyone in the queue, holders first, in order; as [`SemaphoreAdmin::queue`].
     ///
     /// # Errors
     ///
@@ -596,42 +580,10 @@ impl Semaphore {
     ///
     /// Cancel safe (a read).
     pub async fn queue(&self) -> Result<Vec<HolderInfo>> {
-        let options = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Ascend);
-        let read = self
-            .session
-            .client()
-            .get(self.prefix.clone(), Some(options))
-            .await?;
-        let limit = usize::try_from(self.limit().await?).unwrap_or(usize::MAX);
-        let durable_prefix = format!("{}{DURABLE_MARK}", self.prefix);
-        Ok(read
-            .kvs()
-            .iter()
-            .enumerate()
-            .map(|(position, kv)| {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let record = Record::decode(kv.value());
-                let durable = key.starts_with(&durable_prefix);
-                let fallback_id = key.rsplit('/').next().unwrap_or_default().to_owned();
-                HolderInfo {
-                    id: record.as_ref().map_or(fallback_id, |r| r.holder.clone()),
-                    token: FencingToken::new(kv.create_revision()),
-                    // The first `limit` hold; beyond them, holders marked before the limit was
-                    // lowered.
-                    held: position < limit || record.as_ref().is_some_and(|r| r.held),
-                    durable,
-                    since: UNIX_EPOCH
-                        + Duration::from_millis(record.as_ref().map_or(0, |r| r.since_ms)),
-                    lease: kv.lease(),
-                    key,
-                }
-            })
-            .collect())
+        self.admin().queue().await
     }
 
-    /// The holders (granted entries), oldest first.
+    /// The holders (granted entries), oldest first; as [`SemaphoreAdmin::holders`].
     ///
     /// # Errors
     ///
@@ -641,7 +593,7 @@ impl Semaphore {
     ///
     /// Cancel safe (a read).
     pub async fn holders(&self) -> Result<Vec<HolderInfo>> {
-        Ok(self.queue().await?.into_iter().filter(|h| h.held).collect())
+        self.admin().holders().await
     }
 
     fn durable_key(&self, id: &str) -> String {
@@ -895,7 +847,7 @@ impl Semaphore {
         };
         let txn = Txn::new().when([ownership.compare()]).and_then([TxnOp::put(
             ownership.key().to_vec(),
-            Record::new(holder, true).encode(),
+            Record::new(holder, true, self.taken_by.as_deref()).encode(),
             Some(options),
         )]);
         if client.txn(txn).await?.succeeded() {
@@ -903,6 +855,231 @@ impl Semaphore {
         } else {
             Err(crate::gone_or_removed(&self.session, ownership).await)
         }
+    }
+}
+
+/// A session-free handle on a [`Semaphore`]: the limit, the queue and its holders, and operator
+/// writes (set the limit, release a durable holder, force a release). For tools and servers that
+/// inspect or administer semaphores without holding anything — no lease is granted.
+///
+/// ```no_run
+/// # async fn demo(client: coord_core::Client) -> coord_lock::Result<()> {
+/// use coord_lock::{Limit, SemaphoreAdmin};
+///
+/// let reboots = SemaphoreAdmin::new(&client, "reboot/workers", Limit::Stored { default: 1 })?;
+/// println!("{} slots, {} held", reboots.limit().await?, reboots.holders().await?.len());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SemaphoreAdmin {
+    client: Client,
+    name: String,
+    prefix: String,
+    limit_key: String,
+    limit: Limit,
+}
+
+impl SemaphoreAdmin {
+    /// A handle on the semaphore `name` (under the client's namespace). `limit` must be what the
+    /// semaphore's users give: it tells a fixed limit from a stored one (and its default).
+    ///
+    /// # Errors
+    ///
+    /// As [`Semaphore::new`].
+    pub fn new(client: &Client, name: &str, limit: Limit) -> Result<SemaphoreAdmin> {
+        let namespace = client.namespace();
+        validate_name(namespace, name)?;
+        match limit {
+            Limit::Fixed(n) | Limit::Stored { default: n } => Limit::validate(n)?,
+        };
+        Ok(SemaphoreAdmin {
+            client: client.clone(),
+            name: name.to_owned(),
+            prefix: queue_prefix(namespace, name),
+            limit_key: format!("{namespace}{name}"),
+            limit,
+        })
+    }
+
+    /// The queue prefix: `namespace + name + "/"`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The key holding the stored limit: `namespace + name`.
+    pub fn limit_key(&self) -> &str {
+        &self.limit_key
+    }
+
+    /// Releases `id`'s durable slot (or its waiting entry). Releasing an id that holds nothing
+    /// succeeds.
+    ///
+    /// # Errors
+    ///
+    /// [`coord_core::Error::InvalidName`] for an invalid id; transport errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the delete either happened or not; call again.
+    pub async fn release_as(&self, id: &str) -> Result<()> {
+        validate_segment(id)?;
+        self.client.delete(self.durable_key(id), None).await?;
+        Ok(())
+    }
+
+    /// Operator override: removes the holder or waiter `id` — a durable id, or a session-bound
+    /// holder's lease in hex — whatever it is doing. The removed holder's `owns()` compares fail
+    /// from then on. Returns whether something was removed.
+    ///
+    /// # Errors
+    ///
+    /// [`coord_core::Error::InvalidName`] for an invalid id; transport errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: coord_core::Client) -> coord_lock::Result<()> {
+    /// use coord_lock::{Limit, SemaphoreAdmin};
+    ///
+    /// let reboots = SemaphoreAdmin::new(&client, "reboot/workers", Limit::Stored { default: 1 })?;
+    /// for holder in reboots.holders().await? {
+    ///     println!("{} since {:?} (token {})", holder.id, holder.since, holder.token);
+    /// }
+    /// // node-3 died mid-reboot and will not come back:
+    /// reboots.force_release("node-3").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn force_release(&self, id: &str) -> Result<bool> {
+        validate_segment(id)?;
+        let client = &self.client;
+        let durable = client.delete(self.durable_key(id), None).await?;
+        if durable.deleted() > 0 {
+            return Ok(true);
+        }
+        let session_key = format!("{}{id}", self.prefix);
+        Ok(client.delete(session_key, None).await?.deleted() > 0)
+    }
+
+    /// The current limit: the stored one (or its default), or the fixed one.
+    ///
+    /// # Errors
+    ///
+    /// Transport errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (a read).
+    pub async fn limit(&self) -> Result<u32> {
+        match self.limit {
+            Limit::Fixed(n) => Ok(n),
+            Limit::Stored { default } => {
+                let read = self.client.get(self.limit_key.clone(), None).await?;
+                Ok(parse_limit(
+                    read.kvs().first().map(|kv| kv.value()),
+                    default,
+                ))
+            }
+        }
+    }
+
+    /// Changes the stored limit. Lowering it never evicts holders; it only stops new grants until
+    /// enough have released. Raising it wakes waiters at once.
+    ///
+    /// # Errors
+    ///
+    /// [`coord_core::Error::InvalidConfig`] for 0, a value over [`MAX_LIMIT`], or a semaphore whose
+    /// limit is [`Limit::Fixed`]; transport errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the write either happened or not.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: coord_core::Client) -> coord_lock::Result<()> {
+    /// use coord_lock::{Limit, SemaphoreAdmin};
+    ///
+    /// let reboots = SemaphoreAdmin::new(&client, "reboot/workers", Limit::Stored { default: 1 })?;
+    /// reboots.set_limit(3).await?; // a maintenance window: three at a time
+    /// assert_eq!(reboots.limit().await?, 3);
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_limit(&self, limit: u32) -> Result<()> {
+        let limit = Limit::validate(limit)?;
+        if let Limit::Fixed(_) = self.limit {
+            return Err(CoreError::InvalidConfig {
+                field: "limit",
+                reason: format!(
+                    "semaphore {} has a fixed limit; use Limit::Stored",
+                    self.name
+                ),
+            }
+            .into());
+        }
+        self.client
+            .put(self.limit_key.clone(), limit.to_string(), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Everyone in the queue, holders first, in order.
+    ///
+    /// # Errors
+    ///
+    /// Transport errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (a read).
+    pub async fn queue(&self) -> Result<Vec<HolderInfo>> {
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend);
+        let read = self.client.get(self.prefix.clone(), Some(options)).await?;
+        let limit = usize::try_from(self.limit().await?).unwrap_or(usize::MAX);
+        let durable_prefix = format!("{}{DURABLE_MARK}", self.prefix);
+        Ok(read
+            .kvs()
+            .iter()
+            .enumerate()
+            .map(|(position, kv)| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let record = Record::decode(kv.value());
+                let durable = key.starts_with(&durable_prefix);
+                let fallback_id = key.rsplit('/').next().unwrap_or_default().to_owned();
+                HolderInfo {
+                    id: record.as_ref().map_or(fallback_id, |r| r.holder.clone()),
+                    token: FencingToken::new(kv.create_revision()),
+                    // The first `limit` hold; beyond them, holders marked before the limit was
+                    // lowered.
+                    held: position < limit || record.as_ref().is_some_and(|r| r.held),
+                    durable,
+                    since: UNIX_EPOCH
+                        + Duration::from_millis(record.as_ref().map_or(0, |r| r.since_ms)),
+                    lease: kv.lease(),
+                    taken_by: record.as_ref().and_then(|r| r.by.clone()),
+                    key,
+                }
+            })
+            .collect())
+    }
+
+    /// The holders (granted entries), oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Transport errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (a read).
+    pub async fn holders(&self) -> Result<Vec<HolderInfo>> {
+        Ok(self.queue().await?.into_iter().filter(|h| h.held).collect())
+    }
+
+    fn durable_key(&self, id: &str) -> String {
+        format!("{}{DURABLE_MARK}{id}", self.prefix)
     }
 }
 
@@ -1072,7 +1249,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_foreign_values_are_not_records() {
-        let record = Record::new("node-1", true);
+        let record = Record::new("node-1", true, Some("fleetlock@gw"));
         assert_eq!(Record::decode(&record.encode()), Some(record));
         assert_eq!(Record::decode(b""), None);
         assert_eq!(Record::decode(b"{\"Op\":0}"), None);

@@ -425,3 +425,78 @@ async fn bad_input_is_rejected_and_nothing_is_written() {
         .unwrap();
     assert_eq!(everything.count(), 0);
 }
+
+#[tokio::test]
+async fn holders_record_who_took_them_when_the_handle_says() {
+    let client = shared_client("sem_taken_by").await;
+    let a = session(&client).await;
+    let plain = Semaphore::new(&a, "slots", Limit::Stored { default: 2 }).unwrap();
+    let gateway = plain.clone().with_taken_by("fleetlock@gw-2").unwrap();
+    let slot = gateway
+        .acquire_as("node-1", Durability::UntilReleased)
+        .await
+        .unwrap();
+    let b = session(&client).await;
+    let permit = Semaphore::new(&b, "slots", Limit::Stored { default: 2 })
+        .unwrap()
+        .acquire()
+        .await
+        .unwrap();
+
+    let holders = plain.holders().await.unwrap();
+    assert_eq!(holders.len(), 2);
+    assert_eq!(holders[0].id, "node-1");
+    assert_eq!(holders[0].taken_by.as_deref(), Some("fleetlock@gw-2"));
+    assert_eq!(holders[1].token, permit.token());
+    assert_eq!(holders[1].taken_by, None);
+
+    // A note that is too long or holds control characters is refused.
+    for bad in ["x".repeat(coord_lock::MAX_TAKEN_BY + 1), "a\nb".to_owned()] {
+        let err = plain.clone().with_taken_by(&bad).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Core(CoreError::InvalidConfig {
+                    field: "taken_by",
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+    }
+    gateway.release_as(slot.id()).await.unwrap();
+}
+
+/// The admin handle needs no session (it takes a client): it reads and administers what sessions
+/// hold.
+#[tokio::test]
+async fn the_admin_handle_administers_without_a_session() {
+    let client = shared_client("sem_admin").await;
+    let a = session(&client).await;
+    let sem = Semaphore::new(&a, "slots", Limit::Stored { default: 1 }).unwrap();
+    let slot = sem
+        .acquire_as("node-1", Durability::UntilReleased)
+        .await
+        .unwrap();
+
+    let admin =
+        coord_lock::SemaphoreAdmin::new(&client, "slots", Limit::Stored { default: 1 }).unwrap();
+    assert_eq!(admin.prefix(), sem.prefix());
+    assert_eq!(admin.limit().await.unwrap(), 1);
+    let holders = admin.holders().await.unwrap();
+    assert_eq!(holders.len(), 1);
+    assert_eq!(holders[0].token, slot.token());
+    admin.set_limit(2).await.unwrap();
+    assert_eq!(sem.limit().await.unwrap(), 2);
+    assert!(admin.force_release("node-1").await.unwrap());
+    assert!(!admin.force_release("node-1").await.unwrap());
+    admin.release_as("node-2").await.unwrap(); // holds nothing: fine
+    assert!(admin.queue().await.unwrap().is_empty());
+
+    // Bad input, as for a Semaphore.
+    assert!(coord_lock::SemaphoreAdmin::new(&client, "", Limit::Fixed(1)).is_err());
+    assert!(coord_lock::SemaphoreAdmin::new(&client, "s", Limit::Fixed(0)).is_err());
+    let fixed = coord_lock::SemaphoreAdmin::new(&client, "fixed", Limit::Fixed(3)).unwrap();
+    assert!(fixed.set_limit(4).await.is_err());
+    assert!(admin.force_release("a/b").await.is_err());
+}
