@@ -199,8 +199,14 @@ impl Entry {
                 Ok(enqueued)
             }
             Err(error) => {
-                // A timeout may hide an applied put: remove a key of this lease if there is one.
-                self.state = EntryState::Unknown(self.session.lease_id());
+                self.state = if rejected(&error) {
+                    // etcd refused the transaction as a whole: nothing to remove, and the
+                    // in-process slot is free again as soon as the entry is dropped.
+                    EntryState::Done
+                } else {
+                    // A timeout may hide an applied put: remove a key of this lease if there is one.
+                    EntryState::Unknown(self.session.lease_id())
+                };
                 Err(error)
             }
         }
@@ -318,6 +324,14 @@ async fn enqueue(
         existing_value: existing.map(|kv| kv.value().to_vec()),
         reads,
     })
+}
+
+/// Errors that mean etcd refused the whole transaction, so its put certainly did not happen.
+fn rejected(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::PermissionDenied { .. } | Error::AuthFailed { .. } | Error::SessionLost { .. }
+    )
 }
 
 fn is_lease_not_found(e: &Error) -> bool {
