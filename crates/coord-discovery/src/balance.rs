@@ -543,6 +543,7 @@ mod tests {
                 .map(|e| (e.id.clone(), e.clone()))
                 .collect(),
             malformed: Vec::new(),
+            error: None,
         })
     }
 

@@ -2,6 +2,7 @@
 //! validation hook rejects, a write that keeps losing its compare-and-set.
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 
 /// A boxed error from a decoder, an encoder or a validation hook.
 ///
@@ -83,6 +84,19 @@ pub enum ConfigError {
     /// The config's background task is gone (its runtime shut down).
     #[error("the config watch ended: the runtime is shutting down")]
     Closed,
+
+    /// The key (or prefix) cannot be followed: etcd refuses the read or the watch (permission
+    /// denied, failed authentication, TLS). The config keeps retrying in the background and keeps
+    /// its last good value; this is what `wait_ready` reports instead of waiting for ever, and
+    /// what the snapshot's `last_error` (`follow_error` for a map) holds until a read succeeds.
+    #[error("cannot follow {key}")]
+    Follow {
+        /// The full key or prefix.
+        key: String,
+        /// What etcd said.
+        #[source]
+        source: Arc<coord_core::Error>,
+    },
 }
 
 impl ConfigError {
@@ -97,6 +111,7 @@ impl ConfigError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ConfigError::Core(e) => e.is_retryable(),
+            ConfigError::Follow { source, .. } => source.is_retryable(),
             ConfigError::Conflict { .. } => true,
             _ => false,
         }

@@ -71,6 +71,10 @@ pub struct MapSnapshot<T> {
     /// [`ConfigError::Invalid`]), by name; the entry keeps its last good value (or default, or
     /// stays out of `entries`) until a later write or delete.
     pub errors: BTreeMap<String, Arc<ConfigError>>,
+    /// Why the prefix cannot be followed now ([`ConfigError::Follow`]: etcd refuses the read or
+    /// watch, e.g. permission denied); the entries are the last ones read. Cleared by the next
+    /// successful read.
+    pub follow_error: Option<Arc<ConfigError>>,
 }
 
 impl<T> MapSnapshot<T> {
@@ -103,6 +107,7 @@ impl<T> Clone for MapSnapshot<T> {
             revision: self.revision,
             entries: self.entries.clone(),
             errors: self.errors.clone(),
+            follow_error: self.follow_error.clone(),
         }
     }
 }
@@ -241,6 +246,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> ConfigMapBuilder<T> {
             revision: 0,
             entries: defaults.clone(),
             errors: BTreeMap::new(),
+            follow_error: None,
         });
         let shared = Arc::new(Shared {
             client: self.client,
@@ -342,8 +348,19 @@ async fn follow<T: DeserializeOwned + Send + Sync + 'static>(
             () = sender.closed() => return,
             event = watcher.next() => event,
         };
-        // Logged by the watcher, which retries on the next call.
-        let Ok(first) = first else { continue };
+        // The watcher retries on the next call; what it returns needs the user (permission
+        // denied and the like): report it in the snapshot, keeping the entries.
+        let first = match first {
+            Ok(first) => first,
+            Err(error) => {
+                let error = ConfigError::Follow {
+                    key: shared.prefix.clone(),
+                    source: Arc::new(error),
+                };
+                sender.send_modify(|snapshot| snapshot.follow_error = Some(Arc::new(error)));
+                continue;
+            }
+        };
         // The rest of the response is buffered: apply whole revisions, then publish, so a
         // snapshot never shows half of a transaction.
         let mut batch = vec![first];
@@ -355,7 +372,7 @@ async fn follow<T: DeserializeOwned + Send + Sync + 'static>(
         }
         sender.send_if_modified(|snapshot| {
             let floor = snapshot.revision;
-            let mut modified = false;
+            let mut modified = snapshot.follow_error.take().is_some();
             for event in batch {
                 modified |= shared.apply(snapshot, floor, event);
             }
@@ -506,10 +523,17 @@ impl<T> ConfigMap<T> {
     /// # Ok(()) }
     /// ```
     pub async fn wait_ready(&mut self) -> Result<watch::Ref<'_, MapSnapshot<T>>, ConfigError> {
-        self.receiver
-            .wait_for(MapSnapshot::is_ready)
+        let snapshot = self
+            .receiver
+            .wait_for(|s| s.is_ready() || s.follow_error.is_some())
             .await
-            .map_err(|_| ConfigError::Closed)
+            .map_err(|_| ConfigError::Closed)?;
+        if !snapshot.is_ready() {
+            if let Some(error) = super::value::follow_error(&snapshot.follow_error) {
+                return Err(error);
+            }
+        }
+        Ok(snapshot)
     }
 
     /// A plain receiver of the snapshots (it keeps the background task alive like the map).

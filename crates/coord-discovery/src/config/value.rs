@@ -46,7 +46,9 @@ pub struct Snapshot<T> {
     /// Whether `value` is the default or a stored value.
     pub source: Source,
     /// Why the value currently stored is *not* in use ([`ConfigError::Decode`] or
-    /// [`ConfigError::Invalid`]); `None` when the stored value (or the absence of one) is in use.
+    /// [`ConfigError::Invalid`]), or why the key cannot be followed now
+    /// ([`ConfigError::Follow`]: etcd refuses the read or watch; cleared by the next successful
+    /// read); `None` when the stored value (or the absence of one) is in use.
     pub last_error: Option<Arc<ConfigError>>,
 }
 
@@ -278,10 +280,26 @@ async fn follow<T: DeserializeOwned + Send + Sync + 'static>(
         };
         match event {
             Ok(event) => {
-                sender.send_if_modified(|snapshot| shared.apply(snapshot, event));
+                sender.send_if_modified(|snapshot| {
+                    let following_again = snapshot
+                        .last_error
+                        .as_deref()
+                        .is_some_and(|e| matches!(e, ConfigError::Follow { .. }));
+                    if following_again {
+                        snapshot.last_error = None;
+                    }
+                    shared.apply(snapshot, event) || following_again
+                });
             }
-            // Logged by the watcher, which retries on the next call.
-            Err(_) => continue,
+            // The watcher retries on the next call; what it returns needs the user (permission
+            // denied and the like): report it in the snapshot, keeping the value.
+            Err(error) => {
+                let error = ConfigError::Follow {
+                    key: shared.key.clone(),
+                    source: Arc::new(error),
+                };
+                sender.send_modify(|snapshot| snapshot.last_error = Some(Arc::new(error)));
+            }
         }
     }
 }
@@ -480,10 +498,17 @@ impl<T> Config<T> {
     /// # let _ = value; Ok(()) }
     /// ```
     pub async fn wait_ready(&mut self) -> Result<watch::Ref<'_, Snapshot<T>>, ConfigError> {
-        self.receiver
-            .wait_for(Snapshot::is_ready)
+        let snapshot = self
+            .receiver
+            .wait_for(|s| s.is_ready() || follow_error(&s.last_error).is_some())
             .await
-            .map_err(|_| ConfigError::Closed)
+            .map_err(|_| ConfigError::Closed)?;
+        if !snapshot.is_ready() {
+            if let Some(error) = follow_error(&snapshot.last_error) {
+                return Err(error);
+            }
+        }
+        Ok(snapshot)
     }
 
     /// A plain receiver of the snapshots (it keeps the background task alive like a `Config`).
@@ -563,5 +588,16 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Config<T> {
             |old| f(old.as_ref().unwrap_or(&shared.default)),
         )
         .await
+    }
+}
+
+/// A copy of a [`ConfigError::Follow`] held in a snapshot.
+pub(crate) fn follow_error(error: &Option<Arc<ConfigError>>) -> Option<ConfigError> {
+    match error.as_deref() {
+        Some(ConfigError::Follow { key, source }) => Some(ConfigError::Follow {
+            key: key.clone(),
+            source: source.clone(),
+        }),
+        _ => None,
     }
 }

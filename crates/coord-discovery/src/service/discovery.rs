@@ -74,6 +74,11 @@ pub struct ServiceSet<T> {
     pub endpoints: BTreeMap<String, Arc<Endpoint<T>>>,
     /// Entries that could not be used, by key order. Filters do not apply to them.
     pub malformed: Vec<MalformedEntry>,
+    /// Why the service cannot be followed now (permission denied, failed authentication, TLS),
+    /// if etcd refuses it; the set is then the last one read (empty and not ready if none was).
+    /// Cleared by the next successful read. Transient trouble (disconnects, a member down) is
+    /// retried quietly and not reported here.
+    pub error: Option<Arc<coord_core::Error>>,
 }
 
 impl<T> ServiceSet<T> {
@@ -82,6 +87,7 @@ impl<T> ServiceSet<T> {
             revision: 0,
             endpoints: BTreeMap::new(),
             malformed: Vec::new(),
+            error: None,
         }
     }
 
@@ -235,6 +241,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> DiscoveryBuilder<T> {
             entries: BTreeMap::new(),
             malformed: BTreeMap::new(),
             revision: 0,
+            error: None,
             sender,
         };
         runtime.spawn(reflector.run());
@@ -347,6 +354,8 @@ impl<T> Discovery<T> {
     ///
     /// # Errors
     ///
+    /// [`ServiceError::Follow`] when etcd refuses to let the service be read before any read
+    /// succeeded (permission denied, authentication, TLS; the discovery goes on retrying);
     /// [`ServiceError::Shutdown`] when the discovery's task is gone (its runtime shut down).
     ///
     /// # Cancel safety
@@ -359,11 +368,19 @@ impl<T> Discovery<T> {
     /// # let _ = set; Ok(()) }
     /// ```
     pub async fn wait_ready(&mut self) -> Result<Arc<ServiceSet<T>>, ServiceError> {
-        self.receiver
-            .wait_for(|set| set.is_ready())
+        let set = self
+            .receiver
+            .wait_for(|set| set.is_ready() || set.error.is_some())
             .await
             .map(|set| set.clone())
-            .map_err(|_| ServiceError::Shutdown)
+            .map_err(|_| ServiceError::Shutdown)?;
+        match &set.error {
+            Some(source) if !set.is_ready() => Err(ServiceError::Follow {
+                service: self.service.to_string(),
+                source: source.clone(),
+            }),
+            _ => Ok(set),
+        }
     }
 
     /// Waits for a set newer than the last one seen through this handle, and returns it.
@@ -546,6 +563,8 @@ struct Reflector<T> {
     entries: BTreeMap<String, Arc<Endpoint<T>>>,
     malformed: BTreeMap<Vec<u8>, MalformedEntry>,
     revision: i64,
+    /// The watcher's last error that needs the user (cleared by the next event).
+    error: Option<Arc<coord_core::Error>>,
     sender: watch::Sender<Arc<ServiceSet<T>>>,
 }
 
@@ -557,8 +576,17 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Reflector<T> {
                 () = self.sender.closed() => return,
                 event = self.watcher.next() => event,
             };
-            // Errors are logged by the watcher, which retries on the next call.
-            let Ok(first) = event else { continue };
+            // The watcher retries on the next call; errors it returns need the user (permission
+            // denied and the like): the snapshot reports them.
+            let first = match event {
+                Ok(first) => first,
+                Err(error) => {
+                    self.error = Some(Arc::new(error));
+                    self.publish();
+                    continue;
+                }
+            };
+            self.error = None;
             self.apply(first);
             // The rest of the response is buffered: apply whole revisions, then publish.
             while self.watcher.buffered() > 0 {
@@ -662,7 +690,13 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Reflector<T> {
         let malformed: Vec<_> = self.malformed.values().cloned().collect();
         let revision = self.revision;
         self.sender.send_if_modified(|published| {
-            let same = published.is_ready()
+            let same_error = match (&published.error, &self.error) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            let same = same_error
+                && (published.is_ready() || self.error.is_some())
                 && published.malformed == malformed
                 && published.endpoints.len() == endpoints.len()
                 && published
@@ -677,6 +711,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Reflector<T> {
                 revision,
                 endpoints,
                 malformed,
+                error: self.error.clone(),
             });
             true
         });
@@ -713,6 +748,7 @@ mod tests {
                 .map(|e| (e.id.clone(), (*e).clone()))
                 .collect(),
             malformed: Vec::new(),
+            error: None,
         }
     }
 

@@ -1,5 +1,7 @@
 //! What can go wrong registering or discovering a service instance.
 
+use std::sync::Arc;
+
 use coord_core::LeaseId;
 use coord_core::keys::NameError;
 
@@ -109,6 +111,19 @@ pub enum ServiceError {
     /// A background task the operation depends on is gone: the Tokio runtime is shutting down.
     #[error("the runtime is shutting down")]
     Shutdown,
+
+    /// The service cannot be followed: etcd refuses the read or the watch (permission denied,
+    /// failed authentication, TLS). The discovery keeps retrying in the background; this is what
+    /// [`Discovery::wait_ready`](crate::service::Discovery::wait_ready) reports instead of waiting
+    /// for ever, and what [`ServiceSet::error`](crate::service::ServiceSet::error) holds.
+    #[error("cannot follow service {service}")]
+    Follow {
+        /// The service name.
+        service: String,
+        /// What etcd said (shared with the snapshot that reports it).
+        #[source]
+        source: Arc<coord_core::Error>,
+    },
 }
 
 impl ServiceError {
@@ -126,6 +141,7 @@ impl ServiceError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ServiceError::Core(e) => e.is_retryable(),
+            ServiceError::Follow { source, .. } => source.is_retryable(),
             ServiceError::NotRegistered { .. } => true,
             _ => false,
         }
