@@ -108,6 +108,15 @@ pub enum Error {
         what: String,
     },
 
+    /// `config get`: the stored value is not JSON (a `Config<T>` reader ignores it too).
+    #[error("the value stored at {key} is not usable: {reason}")]
+    BadStoredValue {
+        /// The full key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+
     /// `config get`: the key holds nothing.
     #[error("{key} is not set")]
     NotSet {

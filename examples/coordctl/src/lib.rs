@@ -9,6 +9,8 @@
 //! | `lock NAME [-- CMD…]` | hold a lock (coord-lock `Mutex`, excludes `etcdctl lock NAME`) while CMD runs, or until signalled | [`lock`] |
 //! | `elect NAME VALUE`, `elect --observe NAME` | campaign and lead until signalled; follow the leader | [`elect`] |
 //! | `sem acquire\|release\|list\|set-limit` | semaphore permits (session-bound or durable by id), holders and waiters, the stored limit | [`sem`] |
+//! | `services list\|watch SERVICE` | a service's registered instances, and their insertions, updates and removals | [`services`] |
+//! | `config get\|set\|watch NAME [VALUE]` | a JSON config value as coord-discovery's `Config` reads and writes it | [`config`] |
 //!
 //! The binary is a thin `main` over [`Cli`] and [`run`]; the manual with the exit codes is
 //! `docs/coordctl.md`, and [`exit`] lists the codes.
@@ -26,6 +28,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod config;
 mod connection;
 pub mod elect;
 mod error;
@@ -34,6 +37,7 @@ mod held;
 pub mod lock;
 mod output;
 pub mod sem;
+pub mod services;
 mod signals;
 
 use clap::{Parser, Subcommand};
@@ -84,6 +88,12 @@ pub enum Command {
     /// Semaphores: at most N holders at once.
     #[command(subcommand, after_help = EXIT_CODES)]
     Sem(sem::SemCommand),
+    /// Service registry: list a service's instances, or follow their changes.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Services(services::ServicesCommand),
+    /// Config values (JSON) read by coord-discovery's `Config`: get, set, follow.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Config(config::ConfigCommand),
 }
 
 /// Runs a parsed command line; returns the exit code (a failure's code is
@@ -98,6 +108,8 @@ pub async fn run(cli: &Cli) -> Result<u8, Error> {
         Command::Lock(args) => lock::run(connection, args).await,
         Command::Elect(args) => elect::run(connection, args).await,
         Command::Sem(command) => sem::run(connection, command).await,
+        Command::Services(command) => services::run(connection, command).await,
+        Command::Config(command) => config::run(connection, command).await,
     }
 }
 
