@@ -10,9 +10,10 @@
 //! | [`Server`] | the FleetLock HTTP server as an axum `Router` (plus `/metrics`, `/healthz`, `/readyz`); stateless, so replicas can share one etcd |
 //! | [`fleetlock`] | the protocol: request parsing, the fixed set of error kinds and their status codes |
 //! | [`metrics`] | the Prometheus metrics |
+//! | [`agent`] | the node agent (locksmith's role for hosts without Zincati): reboot signal, windows, a slot through FleetLock or etcd, hooks, release after boot once healthy |
 //!
-//! The `coord-reboot` binary serves (`serve --config FILE`) and gives operators `status`,
-//! `set-max`, `lock` and `unlock`. The HTTP contract is written down in
+//! The `coord-reboot` binary serves (`serve --config FILE`), runs the node agent
+//! (`agent --config FILE`) and gives operators `status`, `set-max`, `lock` and `unlock`. The HTTP contract is written down in
 //! `docs/reboot-coordinator.md`.
 //!
 //! ```no_run
@@ -33,6 +34,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod agent;
 mod config;
 pub mod fleetlock;
 mod groups;

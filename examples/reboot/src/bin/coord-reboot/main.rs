@@ -1,5 +1,6 @@
 //! `coord-reboot`: the FleetLock server (`serve`) and the operator commands.
 
+mod agent;
 mod operator;
 
 use std::path::Path;
@@ -56,11 +57,20 @@ enum Command {
         /// The holder id.
         id: String,
     },
+    /// Run the node agent (needs `--config FILE` with an `[agent]` section): after boot, give
+    /// the slot back once healthy; then wait for the reboot signal, a window and a slot, run the
+    /// pre-reboot hook and reboot.
+    Agent {
+        /// Do not wait: exit when there is nothing to do now (no signal: 0; window closed: 0;
+        /// group full or unhealthy after boot: 75), for a systemd timer or cron.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 fn main() -> ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    init_tracing("info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -79,6 +89,10 @@ fn main() -> ExitCode {
             Command::SetMax { group, slots } => operator::set_max(connection, &group, slots).await,
             Command::Lock { group, id, ttl } => operator::lock(connection, &group, &id, ttl).await,
             Command::Unlock { group, id } => operator::unlock(connection, &group, &id).await,
+            Command::Agent { once } => match connection.config() {
+                Some(config) => agent::run(config, once).await,
+                None => Err("agent needs --config FILE".into()),
+            },
         }
     });
     match result {
@@ -134,7 +148,7 @@ async fn reload(server: &Server, path: &Path) {
 }
 
 /// An error and its causes on one line.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -145,10 +159,10 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-fn init_tracing() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `default_level`).
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

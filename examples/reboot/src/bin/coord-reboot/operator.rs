@@ -113,7 +113,7 @@ impl Connection {
 }
 
 /// `COORD_ENDPOINTS`, falling back to `ETCDCTL_ENDPOINTS` (comma-separated).
-fn endpoints_from_env() -> Vec<String> {
+pub(crate) fn endpoints_from_env() -> Vec<String> {
     ["COORD_ENDPOINTS", "ETCDCTL_ENDPOINTS"]
         .iter()
         .filter_map(|var| std::env::var(var).ok())
