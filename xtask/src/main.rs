@@ -2,7 +2,8 @@
 //!
 //! * `cargo xtask test`  — every test of the workspace (unit, integration, doc tests; all features)
 //!   against real etcd.
-//! * `cargo xtask demo`  — the demo on an embedded etcd.
+//! * `cargo xtask demo`  — the reboot-coordination demo (`coord-reboot demo`: a FleetLock server
+//!   and simulated nodes in two groups) on an embedded etcd; arguments are passed on (`--fast`).
 //! * `cargo xtask lint`  — `cargo fmt --check`, `cargo clippy --all-targets -D warnings`, `cargo doc`.
 //! * `cargo xtask protoc` — only install protoc (see below).
 //!
@@ -48,10 +49,11 @@ fn run(task: &str, rest: &[String]) -> Result<(), String> {
                 "run",
                 "--locked",
                 "--package",
-                "coord-examples",
+                "coord-reboot",
                 "--bin",
-                "demo",
+                "coord-reboot",
                 "--",
+                "demo",
             ],
             rest,
         ),

@@ -13,7 +13,8 @@
 //! | [`agent`] | the node agent (locksmith's role for hosts without Zincati): reboot signal, windows, a slot through FleetLock or etcd, hooks, release after boot once healthy |
 //!
 //! The `coord-reboot` binary serves (`serve --config FILE`), runs the node agent
-//! (`agent --config FILE`) and gives operators `status`, `set-max`, `lock` and `unlock`. The HTTP contract is written down in
+//! (`agent --config FILE`), runs the demo (`demo`) and gives operators `status`, `set-max`,
+//! `lock` and `unlock`. The HTTP contract, the agent and the demo are written down in
 //! `docs/reboot-coordinator.md`.
 //!
 //! ```no_run

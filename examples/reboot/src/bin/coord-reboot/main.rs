@@ -1,6 +1,7 @@
 //! `coord-reboot`: the FleetLock server (`serve`) and the operator commands.
 
 mod agent;
+mod demo;
 mod operator;
 
 use std::path::Path;
@@ -66,11 +67,20 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Demo: an embedded etcd (or COORD_ENDPOINTS), a FleetLock server and simulated nodes in
+    /// two groups rebooting through agents, with a live timeline and the highest concurrency
+    /// seen in etcd per group against its limit (exit 1 if a limit was exceeded).
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing("info");
+    // The demo's timeline is the output: only warnings from the library.
+    init_tracing(if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -93,6 +103,7 @@ fn main() -> ExitCode {
                 Some(config) => agent::run(config, once).await,
                 None => Err("agent needs --config FILE".into()),
             },
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {
