@@ -407,6 +407,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid() {
+        let config =
+            AgentConfig::from_toml(include_str!("../../coord-reboot-agent.example.toml")).unwrap();
+        assert_eq!(config.agent.group, "workers");
+        assert_eq!(config.agent.schedule().unwrap().windows().len(), 2);
+        assert!(config.agent.fleetlock.is_some());
+    }
+
+    #[test]
     fn exactly_one_backend_is_required() {
         assert!(AgentConfig::from_toml("[agent]\n").is_err());
         assert!(AgentConfig::from_toml(&format!("[agent]\n{FLEETLOCK}{ETCD}")).is_err());
