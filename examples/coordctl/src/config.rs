@@ -82,7 +82,7 @@ async fn get(connection: &Connection, client: &Client, name: &str) -> Result<u8,
         after,
     })??;
     if let Some(error) = &snapshot.last_error {
-        return Err(Error::BadStoredValue {
+        return Err(Error::ConfigUnusable {
             key: config.key().to_owned(),
             reason: crate::chain(error.as_ref()),
         });
@@ -127,8 +127,9 @@ async fn watch(output: Output, client: &Client, args: &NameArgs) -> Result<u8, E
     loop {
         let snapshot = config.borrow_and_update().clone();
         if let Some(error) = &snapshot.last_error {
+            // A value that does not decode (the last good one stays), or a refused read.
             eprintln!(
-                "coordctl: ignoring the value stored at {}: {}",
+                "coordctl: {}: {}",
                 config.key(),
                 crate::chain(error.as_ref())
             );

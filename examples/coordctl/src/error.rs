@@ -108,9 +108,10 @@ pub enum Error {
         what: String,
     },
 
-    /// `config get`: the stored value is not JSON (a `Config<T>` reader ignores it too).
-    #[error("the value stored at {key} is not usable: {reason}")]
-    BadStoredValue {
+    /// `config get`: the stored value is not JSON (a `Config<T>` reader ignores it too), or
+    /// etcd stopped letting the key be read.
+    #[error("{key}: {reason}")]
+    ConfigUnusable {
         /// The full key.
         key: String,
         /// Why.

@@ -127,7 +127,15 @@ async fn list(connection: &Connection, client: &Client, args: &ServiceArgs) -> R
 
 async fn watch(output: Output, client: &Client, args: &ServiceArgs) -> Result<u8, Error> {
     let mut signals = Signals::install()?;
-    let discovery = discovery(client, args)?;
+    let mut discovery = discovery(client, args)?;
+    // A service etcd refuses to let us read fails here, instead of printing nothing for ever.
+    tokio::select! {
+        ready = discovery.wait_ready() => {
+            let set: Arc<ServiceSet<Value>> = ready?;
+            report_malformed(&set);
+        }
+        _ = signals.recv() => return Ok(crate::exit::OK),
+    }
     let mut changes = discovery.changes();
     loop {
         let change = tokio::select! {

@@ -101,3 +101,30 @@ async fn bad_input_is_a_usage_error_and_writes_nothing() {
     assert!(run.stderr.contains("not JSON"), "{}", run.stderr);
     assert!(ctl.keys(&ctl.namespace).await.is_empty());
 }
+
+#[tokio::test]
+async fn an_unreachable_etcd_is_an_error_within_the_command_timeout() {
+    let ctl = Ctl::new("config_unreachable").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    for args in [
+        &["config", "get", "limits"][..],
+        &["services", "list", "api"],
+        &["lock", "jobs", "--", "true"],
+    ] {
+        let output = tokio::process::Command::new(common::BIN)
+            .args(["--endpoints", &endpoint, "--namespace", &ctl.namespace])
+            .args(["--command-timeout", "1s"])
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("coordctl: "), "{stderr}");
+    }
+}
