@@ -1,0 +1,153 @@
+//! The nemesis: a seeded random schedule of faults, in two independent loops so member and
+//! client faults overlap.
+//!
+//! | loop | faults |
+//! |---|---|
+//! | members | SIGKILL a random member or the raft leader, restart it after 0.5 s … 2·TTL + 1 s (one member down at a time: quorum is kept); compact at the current revision |
+//! | clients | reset every connection of a client; partition a client for 0.3 s … 2·TTL; delay a client's traffic by 20–300 ms for 1–4 s; ask a client to "GC-pause" while holding (see [`crate::actors`]) |
+//!
+//! When stopped, each loop ends its fault in progress (restarts the member, heals the proxy).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coord_core::etcd_client::CompactionOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::history::{FaultKind, History};
+use crate::lab::Lab;
+use crate::rng::Rng;
+
+/// Sleeps `d`; false if stopped first.
+async fn pass(stop: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => false,
+        () = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Kills and restarts members and compacts, until `stop`.
+pub async fn members(
+    lab: Arc<Lab>,
+    history: History,
+    mut rng: Rng,
+    stop: CancellationToken,
+    ttl: Duration,
+) {
+    while pass(
+        &stop,
+        rng.duration(Duration::from_millis(800), Duration::from_secs(4)),
+    )
+    .await
+    {
+        match rng.weighted(&[4, 2, 3]) {
+            choice @ (0 | 1) => {
+                let mut cluster = lab.cluster.lock().await;
+                let (kind, member) = if choice == 0 {
+                    (
+                        FaultKind::KillMember,
+                        rng.below(cluster.len() as u64) as usize,
+                    )
+                } else {
+                    match cluster.leader().await {
+                        Ok(leader) => (FaultKind::KillLeader, leader),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "nemesis: no leader to kill");
+                            continue;
+                        }
+                    }
+                };
+                if let Err(e) = cluster.kill(member) {
+                    tracing::warn!(error = %e, "nemesis: kill");
+                    continue;
+                }
+                let fault = history.fault(kind, None, Some(member));
+                let down =
+                    rng.duration(Duration::from_millis(500), ttl * 2 + Duration::from_secs(1));
+                pass(&stop, down).await;
+                // Restart even when stopped: the run heals everything it broke.
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    match cluster.restart(member).await {
+                        Ok(()) => break,
+                        Err(e) if attempts < 5 => {
+                            tracing::warn!(error = %e, member, "nemesis: restart failed, again")
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, member, "nemesis: member does not come back");
+                            break;
+                        }
+                    }
+                }
+                history.healed(fault);
+            }
+            _ => {
+                let mut etcd = lab.observer.etcd().clone();
+                let revision = match lab.observer.get(lab.observer.key("counter"), None).await {
+                    Ok(read) => read.header().map_or(0, |h| h.revision()),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "nemesis: no revision to compact");
+                        continue;
+                    }
+                };
+                match etcd
+                    .compact(revision, Some(CompactionOptions::new().with_physical()))
+                    .await
+                {
+                    Ok(_) => {
+                        history.fault(FaultKind::Compact, None, None);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "nemesis: compact"),
+                }
+            }
+        }
+    }
+}
+
+/// Cuts, partitions, delays and pauses clients, until `stop`.
+pub async fn clients(
+    lab: Arc<Lab>,
+    history: History,
+    mut rng: Rng,
+    stop: CancellationToken,
+    ttl: Duration,
+) {
+    while pass(
+        &stop,
+        rng.duration(Duration::from_millis(300), Duration::from_millis(2500)),
+    )
+    .await
+    {
+        let node = Arc::clone(&lab.nodes[rng.below(lab.nodes.len() as u64) as usize]);
+        match rng.weighted(&[3, 3, 2, 2]) {
+            0 => {
+                history.fault(FaultKind::CutClient, Some(node.index), None);
+                // `cut` blocks until the connections are closed.
+                let cutting = Arc::clone(&node);
+                if let Err(e) = tokio::task::spawn_blocking(move || cutting.cut()).await {
+                    tracing::warn!(error = %e, "nemesis: cut");
+                }
+            }
+            1 => {
+                node.partition();
+                let fault = history.fault(FaultKind::BlackholeClient, Some(node.index), None);
+                pass(&stop, rng.duration(Duration::from_millis(300), ttl * 2)).await;
+                node.end_partition();
+                history.healed(fault);
+            }
+            2 => {
+                node.delay(rng.duration(Duration::from_millis(20), Duration::from_millis(300)));
+                let fault = history.fault(FaultKind::DelayClient, Some(node.index), None);
+                pass(
+                    &stop,
+                    rng.duration(Duration::from_secs(1), Duration::from_secs(4)),
+                )
+                .await;
+                node.end_delay();
+                history.healed(fault);
+            }
+            _ => node.request_pause(),
+        }
+    }
+}
