@@ -27,7 +27,7 @@ use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex as StdMutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex as StdMutex, MutexGuard, PoisonError};
 
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -50,7 +50,7 @@ pub struct DecodeError {
 }
 
 /// The prefix's entries exactly as they were at `revision`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Snapshot<T> {
     /// The etcd revision the snapshot reflects; 0 until the first read (not ready).
@@ -59,6 +59,24 @@ pub struct Snapshot<T> {
     pub entries: BTreeMap<String, T>,
     /// Entries present at `revision` that could not be decoded, by name.
     pub errors: Vec<DecodeError>,
+    /// Why the prefix cannot be followed now (permission denied, authentication, TLS), if etcd
+    /// refuses it; the entries are then the last ones read. Cleared by the next successful read.
+    /// Transient trouble is retried quietly and not reported here.
+    pub error: Option<Arc<Error>>,
+}
+
+impl<T: PartialEq> PartialEq for Snapshot<T> {
+    fn eq(&self, other: &Snapshot<T>) -> bool {
+        let same_error = match (&self.error, &other.error) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        same_error
+            && self.revision == other.revision
+            && self.entries == other.entries
+            && self.errors == other.errors
+    }
 }
 
 impl<T> Snapshot<T> {
@@ -78,6 +96,7 @@ impl<T> Snapshot<T> {
             revision: 0,
             entries: BTreeMap::new(),
             errors: Vec::new(),
+            error: None,
         }
     }
 }
@@ -152,12 +171,15 @@ fn name_of(prefix_len: usize, key: &[u8]) -> String {
 /// `tracing` at `warn`; a later value that decodes replaces the error.
 pub struct Cache<T> {
     receiver: watch::Receiver<Snapshot<T>>,
+    /// The full prefix.
+    prefix: Arc<str>,
 }
 
 impl<T> Clone for Cache<T> {
     fn clone(&self) -> Cache<T> {
         Cache {
             receiver: self.receiver.clone(),
+            prefix: self.prefix.clone(),
         }
     }
 }
@@ -194,6 +216,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Cache<T> {
         let shared_as = (!client.endpoints().is_empty()).then(|| {
             (
                 client.endpoints().to_vec(),
+                client.identity().to_owned(),
                 prefix.clone(),
                 TypeId::of::<T>(),
             )
@@ -207,6 +230,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Cache<T> {
             {
                 return Ok(Cache {
                     receiver: sender.subscribe(),
+                    prefix: prefix.as_str().into(),
                 });
             }
         }
@@ -224,13 +248,18 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Cache<T> {
             _type: PhantomData,
         };
         runtime.spawn(reflector.run());
-        Ok(Cache { receiver })
+        Ok(Cache {
+            receiver,
+            prefix: prefix.as_str().into(),
+        })
     }
 
     /// Waits until the cache holds its first read of the prefix, and returns the snapshot.
     ///
     /// # Errors
     ///
+    /// [`Error::Follow`] when etcd refuses to let the prefix be read before any read succeeded
+    /// (permission denied, authentication, TLS; the cache goes on retrying);
     /// [`Error::Shutdown`] when the cache's task is gone (its runtime shut down).
     ///
     /// # Cancel safety
@@ -245,10 +274,19 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Cache<T> {
     /// # Ok(()) }
     /// ```
     pub async fn wait_ready(&mut self) -> Result<watch::Ref<'_, Snapshot<T>>> {
-        self.receiver
-            .wait_for(Snapshot::is_ready)
+        let prefix = self.prefix.to_string();
+        let snapshot = self
+            .receiver
+            .wait_for(|s| s.is_ready() || s.error.is_some())
             .await
-            .map_err(|_| Error::Shutdown)
+            .map_err(|_| Error::Shutdown)?;
+        match &snapshot.error {
+            Some(source) if !snapshot.is_ready() => Err(Error::Follow {
+                prefix,
+                source: source.clone(),
+            }),
+            _ => Ok(snapshot),
+        }
     }
 }
 
@@ -308,8 +346,8 @@ impl<T> Cache<T> {
     }
 }
 
-/// (endpoints, full prefix, value type) → the cache serving it.
-type RegistryKey = (Vec<String>, String, TypeId);
+/// (endpoints, identity, full prefix, value type) → the cache serving it.
+type RegistryKey = (Vec<String>, String, String, TypeId);
 
 /// The cache's id and its `watch::Sender<Snapshot<T>>` for the key's `T`.
 type Registry = HashMap<RegistryKey, (u64, Box<dyn Any + Send>)>;
@@ -365,8 +403,14 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Reflector<T> {
             };
             let first = match event {
                 Ok(event) => event,
-                // Logged by the watcher, which retries on the next call.
-                Err(_) => continue,
+                // The watcher retries on the next call; what it returns needs the user
+                // (permission denied and the like): the snapshot reports it.
+                Err(error) => {
+                    let error = Arc::new(error);
+                    self.sender
+                        .send_modify(|snapshot| snapshot.error = Some(error));
+                    continue;
+                }
             };
             // The rest of the response is buffered: apply the whole revision(s), then publish.
             let mut batch = vec![first];
@@ -378,6 +422,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Reflector<T> {
             }
             let prefix_len = self.prefix_len;
             self.sender.send_modify(|snapshot| {
+                snapshot.error = None;
                 for event in batch {
                     snapshot.apply(prefix_len, event);
                 }

@@ -85,6 +85,8 @@ struct Shared {
     hub: crate::hub::Hub,
     namespace: String,
     endpoints: Vec<String>,
+    /// Who the client authenticates as (see [`Client::identity`]).
+    identity: String,
     request_timeout: Duration,
 }
 
@@ -129,6 +131,7 @@ impl Client {
             etcd,
             shared: Arc::new(Shared {
                 hub: crate::hub::Hub::default(),
+                identity: config.identity(),
                 namespace: config.namespace,
                 endpoints: config.endpoints,
                 request_timeout: config.request_timeout,
@@ -145,6 +148,7 @@ impl Client {
                 hub: crate::hub::Hub::default(),
                 namespace: String::new(),
                 endpoints: Vec::new(),
+                identity: String::new(),
                 request_timeout: ClientConfig::DEFAULT_REQUEST_TIMEOUT,
             }),
         }
@@ -185,6 +189,20 @@ impl Client {
             .watch_client()
             .max_decoding_message_size(256 * 1024 * 1024);
         self.shared.hub.watch(&watch, key, options)
+    }
+
+    /// Who the client authenticates as: the user name and a fingerprint of the TLS client
+    /// certificate (empty parts when not used), never a secret. Readers that share one watch per
+    /// process (caches, election observers) share only between clients with the same endpoints
+    /// *and* identity, so a client never reads through a watch opened with other credentials.
+    ///
+    /// ```
+    /// # async fn demo(client: coord_core::Client) {
+    /// println!("connected as {:?}", client.identity());
+    /// # }
+    /// ```
+    pub fn identity(&self) -> &str {
+        &self.shared.identity
     }
 
     /// The per-request timeout.

@@ -53,6 +53,22 @@ impl fmt::Debug for ClientConfig {
 }
 
 impl ClientConfig {
+    /// `user=<name>;cert=<fingerprint>` (empty parts when unused): who a client authenticates as,
+    /// without any secret.
+    pub(crate) fn identity(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let user = self.user.as_ref().map_or("", |(name, _)| name.as_str());
+        let cert = match self.tls.as_ref().and_then(|tls| tls.identity.as_ref()) {
+            Some((cert_pem, _key)) => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                cert_pem.hash(&mut hasher);
+                format!("{:016x}", hasher.finish())
+            }
+            None => String::new(),
+        };
+        format!("user={user};cert={cert}")
+    }
+
     /// Default for [`with_connect_timeout`](Self::with_connect_timeout).
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// Default for [`with_request_timeout`](Self::with_request_timeout).

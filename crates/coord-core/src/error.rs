@@ -134,6 +134,18 @@ pub enum Error {
         compact_revision: i64,
     },
 
+    /// A background reader (a [`Cache`](crate::cache::Cache)) cannot follow `prefix`: etcd refuses
+    /// the read or the watch (`source`: permission denied, authentication, TLS). It keeps
+    /// retrying; this is what its `wait_ready` reports instead of waiting for ever.
+    #[error("cannot follow {prefix}")]
+    Follow {
+        /// The full key prefix.
+        prefix: String,
+        /// What etcd said (shared with the snapshot that reports it).
+        #[source]
+        source: std::sync::Arc<Error>,
+    },
+
     /// The server cancelled a watch for a reason other than compaction (for example a permission
     /// revoked while watching).
     #[error("etcd cancelled the watch: {reason}")]
@@ -183,12 +195,53 @@ impl Error {
     /// assert!(e.is_retryable());
     /// ```
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Timeout { .. } | Error::Unavailable { .. })
+        match self {
+            Error::Follow { source, .. } => source.is_retryable(),
+            _ => matches!(self, Error::Timeout { .. } | Error::Unavailable { .. }),
+        }
     }
 
     /// Whether this error means the session (and everything bound to it) is gone.
     pub fn is_session_lost(&self) -> bool {
         matches!(self, Error::SessionLost { .. })
+    }
+
+    /// The error for a watch the server cancelled with `reason` (other than for compaction):
+    /// a denied permission or failed authentication is classified as such (etcd only says so in
+    /// the cancel reason), anything else is [`Error::WatchCancelled`].
+    ///
+    /// ```
+    /// use coord_core::Error;
+    ///
+    /// let denied = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
+    /// assert!(matches!(Error::watch_cancelled(denied), Error::PermissionDenied { operation: "watch", .. }));
+    /// assert!(matches!(Error::watch_cancelled("shutting down"), Error::WatchCancelled { .. }));
+    /// ```
+    pub fn watch_cancelled(reason: &str) -> Error {
+        let status = |code| {
+            EtcdError(etcd_client::Error::GRpcStatus(tonic::Status::new(
+                code,
+                reason.to_owned(),
+            )))
+        };
+        if reason.contains("code = PermissionDenied") || reason.contains("permission denied") {
+            Error::PermissionDenied {
+                operation: "watch",
+                source: status(Code::PermissionDenied),
+            }
+        } else if reason.contains("code = Unauthenticated")
+            || reason.contains("invalid auth token")
+            || reason.contains("authentication failed")
+        {
+            Error::AuthFailed {
+                operation: "watch",
+                source: status(Code::Unauthenticated),
+            }
+        } else {
+            Error::WatchCancelled {
+                reason: reason.to_owned(),
+            }
+        }
     }
 
     /// Classifies an etcd-client error that happened during `operation`.

@@ -378,9 +378,7 @@ impl Watcher {
         }
         if resp.canceled() {
             self.watch = None;
-            return Err(Error::WatchCancelled {
-                reason: resp.cancel_reason().to_owned(),
-            });
+            return Err(Error::watch_cancelled(resp.cancel_reason()));
         }
         if resp.created() {
             self.created_at = Some(Instant::now());

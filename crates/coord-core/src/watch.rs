@@ -243,9 +243,7 @@ async fn first_event(client: &Client, target: Target, start_revision: i64) -> Re
                 });
             }
             if resp.canceled() {
-                return Err(Error::WatchCancelled {
-                    reason: resp.cancel_reason().to_owned(),
-                });
+                return Err(Error::watch_cancelled(resp.cancel_reason()));
             }
             backoff = reconnect_backoff();
             if resp.created() {

@@ -75,8 +75,13 @@ const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 pub async fn observe(client: &Client, name: &str) -> Result<watch::Receiver<Option<LeaderInfo>>> {
     validate_name(client.namespace(), name)?;
     let prefix = queue_prefix(client.namespace(), name);
-    let shared_as =
-        (!client.endpoints().is_empty()).then(|| (client.endpoints().to_vec(), prefix.clone()));
+    let shared_as = (!client.endpoints().is_empty()).then(|| {
+        (
+            client.endpoints().to_vec(),
+            client.identity().to_owned(),
+            prefix.clone(),
+        )
+    });
     loop {
         if let Some(key) = &shared_as {
             let joined = registry()
@@ -126,8 +131,8 @@ pub async fn observe(client: &Client, name: &str) -> Result<watch::Receiver<Opti
     }
 }
 
-/// (endpoints, full prefix) → the observer serving it.
-type RegistryKey = (Vec<String>, String);
+/// (endpoints, identity, full prefix) → the observer serving it.
+type RegistryKey = (Vec<String>, String, String);
 
 static OBSERVERS: LazyLock<StdMutex<HashMap<RegistryKey, Weak<Observed>>>> =
     LazyLock::new(|| StdMutex::new(HashMap::new()));
@@ -265,9 +270,7 @@ impl Observer {
                 match stream.message().await {
                     Ok(Some(resp)) if resp.created() && !resp.canceled() => {}
                     Ok(Some(resp)) => {
-                        return Err(CoreError::WatchCancelled {
-                            reason: resp.cancel_reason().to_owned(),
-                        });
+                        return Err(CoreError::watch_cancelled(resp.cancel_reason()));
                     }
                     Ok(None) => {
                         return Err(CoreError::WatchCancelled {
@@ -325,9 +328,7 @@ impl Observer {
                 return Follow::Relist;
             }
             if resp.canceled() {
-                return Follow::Failed(CoreError::WatchCancelled {
-                    reason: resp.cancel_reason().to_owned(),
-                });
+                return Follow::Failed(CoreError::watch_cancelled(resp.cancel_reason()));
             }
             backoff = reconnect_backoff();
             if resp.created() {
