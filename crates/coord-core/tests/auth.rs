@@ -2,28 +2,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests: failing loudly is the point
 
 use coord_core::{ClientConfig, Error};
-use coord_testkit::Etcd;
+use coord_testkit::{Etcd, User, enable_auth};
 
 /// Failure bound only.
 const BOUND: std::time::Duration = std::time::Duration::from_secs(20);
-use etcd_client::{Permission, PermissionType};
 
+/// etcd with auth on: root, and `alice`, whose role covers `public/` only.
 async fn etcd_with_users() -> Etcd {
     let etcd = Etcd::start().await.unwrap();
-    let mut admin = etcd.client().await.unwrap();
-    admin.user_add("root", "rootpw", None).await.unwrap();
-    admin.user_grant_role("root", "root").await.unwrap();
-    admin.role_add("readers").await.unwrap();
-    admin
-        .role_grant_permission(
-            "readers",
-            Permission::new(PermissionType::Read, "public/").with_prefix(),
-        )
-        .await
-        .unwrap();
-    admin.user_add("alice", "alicepw", None).await.unwrap();
-    admin.user_grant_role("alice", "readers").await.unwrap();
-    admin.auth_enable().await.unwrap();
+    let alice = User {
+        name: "alice",
+        password: "alicepw",
+        prefix: Some("public/"),
+    };
+    enable_auth(&etcd, "rootpw", &[alice]).await.unwrap();
     etcd
 }
 

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use coord_core::etcd_client::{GetOptions, Permission, PermissionType};
+use coord_core::etcd_client::GetOptions;
 use coord_core::{Client, ClientConfig, Error as CoreError, Session};
 use coord_lock::{Durability, Error, Limit, Mutex, Semaphore};
-use coord_testkit::Etcd;
+use coord_testkit::{Etcd, User, enable_auth};
 
 /// Failure bound only: a denied request must come back long before this.
 const BOUND: Duration = Duration::from_secs(20);
@@ -16,20 +16,17 @@ const BOUND: Duration = Duration::from_secs(20);
 /// etcd with auth on: root, and `svc` whose role may read and write `app/` only.
 async fn etcd_with_a_prefix_role() -> Etcd {
     let etcd = Etcd::start().await.unwrap();
-    let mut admin = etcd.client().await.unwrap();
-    admin.user_add("root", "rootpw", None).await.unwrap();
-    admin.user_grant_role("root", "root").await.unwrap();
-    admin.role_add("app").await.unwrap();
-    admin
-        .role_grant_permission(
-            "app",
-            Permission::new(PermissionType::Readwrite, "app/").with_prefix(),
-        )
-        .await
-        .unwrap();
-    admin.user_add("svc", "svcpw", None).await.unwrap();
-    admin.user_grant_role("svc", "app").await.unwrap();
-    admin.auth_enable().await.unwrap();
+    enable_auth(
+        &etcd,
+        "rootpw",
+        &[User {
+            name: "svc",
+            password: "svcpw",
+            prefix: Some("app/"),
+        }],
+    )
+    .await
+    .unwrap();
     etcd
 }
 

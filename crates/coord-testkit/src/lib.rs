@@ -105,6 +105,7 @@
 //! and never blocks the runtime for long. Servers and proxies hold nothing tied to the
 //! runtime that created them.
 
+mod auth;
 pub mod bench;
 mod binary;
 mod certs;
@@ -120,6 +121,7 @@ mod server;
 mod shared;
 mod tempdir;
 
+pub use auth::{User, enable_auth};
 pub use binary::{ETCD_BIN_ENV, ETCDCTL_BIN_ENV, etcd_binary, etcdctl_binary};
 pub use certs::{CertFiles, TestCerts};
 pub use cluster::{EtcdCluster, EtcdClusterBuilder};
