@@ -32,9 +32,9 @@ use crate::{Bench, Meta, alloc, ms, record, resident_bytes};
 const INSTANCES: u64 = 10_000;
 const SERVICE: &str = "build";
 /// Timed builds (or reads) per variant and round; the round's figure is their median.
-const PER_ROUND: usize = 3;
+const PER_ROUND: usize = 5;
 /// Changes measured with the 10,000 cached.
-const CHANGES: u64 = 50;
+const CHANGES: u64 = 200;
 /// The small service the per-change cost is compared with.
 const SMALL: &str = "small";
 const SMALL_INSTANCES: u64 = 10;
@@ -70,7 +70,7 @@ fn label(variant: &str) -> &'static str {
 }
 
 pub(crate) async fn run(bench: &Bench, report: &mut Report) {
-    let rounds = bench.plan(1.0, 3).rounds;
+    let rounds = bench.plan(1.0, 5).rounds;
     println!(
         "  {rounds} rounds, interleaved; per round and variant {PER_ROUND} timed builds/reads in this process and one memory measurement in a child process"
     );

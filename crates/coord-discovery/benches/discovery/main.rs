@@ -167,6 +167,23 @@ pub(crate) fn resident_bytes() -> usize {
     pages * 4096
 }
 
+/// CPU seconds (user + system) used so far by process `pid` (`"self"` for this one), from
+/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of 1/100 s, Linux's `USER_HZ`).
+pub(crate) fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; count fields after its closing parenthesis.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(14) + ticks(15)) / 100.0
+}
+
 /// Milliseconds of a duration.
 pub(crate) fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0

@@ -65,6 +65,9 @@ struct Variant {
     removed: Vec<f64>,
     /// The write call itself (put / register), ms, all rounds.
     write: Vec<f64>,
+    /// CPU seconds over all rounds: this process (writer and watchers), and etcd.
+    cpu_client: f64,
+    cpu_etcd: f64,
     tally: Tally,
 }
 
@@ -80,6 +83,8 @@ impl Variant {
             all_seen: Vec::new(),
             removed: Vec::new(),
             write: Vec::new(),
+            cpu_client: 0.0,
+            cpu_etcd: 0.0,
             tally: Tally::default(),
         };
         (variant, tx)
@@ -308,6 +313,7 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
     drop(tx);
 
     let mut variants = [raw, own, shared];
+    let etcd_pid = bench.etcd.pid().expect("etcd runs").to_string();
     let mut seq = 0u64;
     for variant in &mut variants {
         for _ in 0..WARM_UP {
@@ -320,6 +326,7 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         for index in order(round, variants.len()) {
             let variant = &mut variants[index];
             let deadline = Instant::now() + plan.round;
+            let cpu = (crate::cpu_seconds("self"), crate::cpu_seconds(&etcd_pid));
             let ((visible, all_seen, cycles), window) = bench
                 .metered(async {
                     let (mut visible, mut all_seen, mut cycles) = (Vec::new(), Vec::new(), 0u64);
@@ -332,6 +339,10 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
                         variant.write.push(write);
                         cycles += 1;
                     }
+                    let cpu_client = crate::cpu_seconds("self") - cpu.0;
+                    let cpu_etcd = crate::cpu_seconds(&etcd_pid) - cpu.1;
+                    variant.cpu_client += cpu_client;
+                    variant.cpu_etcd += cpu_etcd;
                     (visible, all_seen, cycles)
                 })
                 .await;
@@ -375,7 +386,7 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         let all: Vec<f64> = variant.visible.concat();
         let last: Vec<f64> = variant.all_seen.concat();
         report.note(format!(
-            "visible: {} — {} registrations × {WATCHERS} watchers = {} samples, all rounds pooled: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; until the last watcher saw it: p50 {:.2} ms, p99 {:.2} ms; the write call (put / register) p50 {:.2} ms; deregistration seen p50 {:.2} ms, p99 {:.2} ms",
+            "visible: {} — {} registrations × {WATCHERS} watchers = {} samples, all rounds pooled: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; until the last watcher saw it: p50 {:.2} ms, p99 {:.2} ms; the write call (put / register) p50 {:.2} ms; deregistration seen p50 {:.2} ms, p99 {:.2} ms; CPU per registration + deregistration: this process {:.2} ms, etcd {:.2} ms",
             variant.name,
             variant.tally.ops,
             all.len(),
@@ -387,6 +398,8 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
             percentile(&variant.write, 50.0),
             percentile(&variant.removed, 50.0),
             percentile(&variant.removed, 99.0),
+            variant.cpu_client * 1000.0 / variant.tally.ops.max(1) as f64,
+            variant.cpu_etcd * 1000.0 / variant.tally.ops.max(1) as f64,
         ));
     }
     for variant in &variants {
