@@ -19,6 +19,26 @@ pub fn endpoints_from_env() -> Option<Vec<String>> {
         .find(|endpoints| !endpoints.is_empty())
 }
 
+/// The etcd to use: the endpoints from the environment ([`endpoints_from_env`]), or else an
+/// embedded etcd started for the example. Keep the returned server alive as long as the example
+/// runs: it is killed when dropped.
+///
+/// # Errors
+///
+/// When the embedded etcd cannot start.
+pub async fn etcd_from_env_or_embedded()
+-> anyhow::Result<(Option<coord_testkit::Etcd>, Vec<String>)> {
+    if let Some(endpoints) = endpoints_from_env() {
+        return Ok((None, endpoints));
+    }
+    println!("starting an embedded etcd…");
+    let etcd = coord_testkit::Etcd::start()
+        .await
+        .map_err(|e| anyhow::anyhow!(e).context("starting the embedded etcd"))?;
+    let endpoints = etcd.endpoints();
+    Ok((Some(etcd), endpoints))
+}
+
 /// Splits a comma-separated endpoint list, dropping empty entries.
 pub fn parse_endpoints(value: &str) -> Vec<String> {
     value

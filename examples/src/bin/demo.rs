@@ -20,17 +20,7 @@ async fn main() -> anyhow::Result<()> {
     coord_examples::init_tracing();
 
     // Keep the embedded server alive until the end of main; it is killed when dropped.
-    let (_embedded, endpoints) = match coord_examples::endpoints_from_env() {
-        Some(endpoints) => (None, endpoints),
-        None => {
-            println!("starting an embedded etcd…");
-            let etcd = coord_testkit::Etcd::start()
-                .await
-                .context("starting the embedded etcd")?;
-            let endpoints = etcd.endpoints();
-            (Some(etcd), endpoints)
-        }
-    };
+    let (_embedded, endpoints) = coord_examples::etcd_from_env_or_embedded().await?;
     let client = ClientConfig::new(endpoints.clone())
         .with_namespace(format!("coord-demo/{}/", std::process::id()))
         .connect()
