@@ -67,6 +67,8 @@ mod client;
 mod config;
 mod error;
 mod fencing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hub;
 pub mod keys;
 pub mod queue;
