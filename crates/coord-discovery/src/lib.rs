@@ -20,6 +20,8 @@
 
 pub mod balance;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod integrations;
 pub mod service;
 
