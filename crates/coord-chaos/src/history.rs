@@ -101,7 +101,7 @@ pub struct Fault {
     /// When it started, since the start of the run.
     pub at: Duration,
     /// When it was healed (a member running and healthy again, a proxy forwarding again);
-    /// `None` for instant faults (cut, compact) and pause requests.
+    /// the reset itself for a cut; `None` for a compaction.
     pub healed: Option<Duration>,
     /// The affected client, if one.
     pub client: Option<usize>,

@@ -122,12 +122,14 @@ pub async fn clients(
         let node = Arc::clone(&lab.nodes[rng.below(lab.nodes.len() as u64) as usize]);
         match rng.weighted(&[3, 3, 2, 2]) {
             0 => {
-                history.fault(FaultKind::CutClient, Some(node.index), None);
+                let fault = history.fault(FaultKind::CutClient, Some(node.index), None);
                 // `cut` blocks until the connections are closed.
                 let cutting = Arc::clone(&node);
                 if let Err(e) = tokio::task::spawn_blocking(move || cutting.cut()).await {
                     tracing::warn!(error = %e, "nemesis: cut");
                 }
+                // Nothing to heal: recovery counts from the reset.
+                history.healed(fault);
             }
             1 => {
                 node.partition();
