@@ -31,6 +31,10 @@ struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Negative control: holders write without the `owns()` compare. The checkers must report
+    /// violations (exit 1); a clean report would mean they cannot see what they claim to.
+    #[arg(long)]
+    unfenced: bool,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
     options.clients = args.clients.max(1);
     options.ttl = Duration::from_secs(args.ttl.max(2));
     options.semaphore_limit = args.limit.max(1);
+    options.fencing = !args.unfenced;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

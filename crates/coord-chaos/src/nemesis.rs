@@ -18,6 +18,31 @@ use crate::history::{FaultKind, History};
 use crate::lab::Lab;
 use crate::rng::Rng;
 
+/// Faults drawn without replacement from a shuffled round, so that even a short run sees every
+/// kind in the proportions given.
+#[derive(Debug)]
+struct Deck {
+    cards: Vec<u8>,
+    left: Vec<u8>,
+}
+
+impl Deck {
+    fn new(cards: &[u8]) -> Deck {
+        Deck {
+            cards: cards.to_vec(),
+            left: Vec::new(),
+        }
+    }
+
+    fn draw(&mut self, rng: &mut Rng) -> u8 {
+        if self.left.is_empty() {
+            self.left = self.cards.clone();
+        }
+        let i = rng.below(self.left.len() as u64) as usize;
+        self.left.swap_remove(i)
+    }
+}
+
 /// Sleeps `d`; false if stopped first.
 async fn pass(stop: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
@@ -34,13 +59,15 @@ pub async fn members(
     stop: CancellationToken,
     ttl: Duration,
 ) {
+    // Kill a member x2, kill the leader, compact x2, shuffled per round.
+    let mut deck = Deck::new(&[0, 0, 1, 2, 2]);
     while pass(
         &stop,
         rng.duration(Duration::from_millis(800), Duration::from_secs(4)),
     )
     .await
     {
-        match rng.weighted(&[4, 2, 3]) {
+        match deck.draw(&mut rng) {
             choice @ (0 | 1) => {
                 let mut cluster = lab.cluster.lock().await;
                 let (kind, member) = if choice == 0 {
@@ -113,6 +140,8 @@ pub async fn clients(
     stop: CancellationToken,
     ttl: Duration,
 ) {
+    // Cut x3, blackhole x3, delay x2, pause x2, shuffled per round.
+    let mut deck = Deck::new(&[0, 0, 0, 1, 1, 1, 2, 2, 3, 3]);
     while pass(
         &stop,
         rng.duration(Duration::from_millis(300), Duration::from_millis(2500)),
@@ -120,7 +149,7 @@ pub async fn clients(
     .await
     {
         let node = Arc::clone(&lab.nodes[rng.below(lab.nodes.len() as u64) as usize]);
-        match rng.weighted(&[3, 3, 2, 2]) {
+        match deck.draw(&mut rng) {
             0 => {
                 let fault = history.fault(FaultKind::CutClient, Some(node.index), None);
                 // `cut` blocks until the connections are closed.

@@ -19,6 +19,9 @@ pub struct Options {
     /// How long, after the nemesis stopped and everything was healed, each actor of each client
     /// may take to complete a fenced write again (a liveness bound), and caches to converge.
     pub recovery_bound: Duration,
+    /// Whether holders guard their writes with `owns()` (true). False is a negative control:
+    /// the checkers must then report violations (stale writes after pauses get applied).
+    pub fencing: bool,
 }
 
 impl Options {
@@ -31,6 +34,7 @@ impl Options {
             ttl: Duration::from_secs(3),
             semaphore_limit: 2,
             recovery_bound: Duration::from_secs(60),
+            fencing: true,
         }
     }
 }

@@ -90,6 +90,8 @@ pub struct Report {
     pub ttl_s: u64,
     /// The semaphore's limit.
     pub semaphore_limit: u32,
+    /// Whether holders fenced their writes (false: a negative control that must find violations).
+    pub fencing: bool,
     /// Wall time of the whole run, s.
     pub elapsed_s: f64,
     /// Operations by kind and outcome.
@@ -152,6 +154,12 @@ impl fmt::Display for Report {
             self.semaphore_limit,
             self.elapsed_s
         )?;
+        if !self.fencing {
+            writeln!(
+                f,
+                "NEGATIVE CONTROL: writes were not fenced; violations are expected"
+            )?;
+        }
         writeln!(f, "operations (ok / rejected / failed / cancelled):")?;
         for (kind, c) in &self.operations {
             writeln!(

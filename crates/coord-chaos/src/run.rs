@@ -39,6 +39,7 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
         duration_s: options.duration.as_secs(),
         ttl_s: options.ttl.as_secs(),
         semaphore_limit: options.semaphore_limit,
+        fencing: options.fencing,
         ..Report::default()
     };
     let mut violations = Vec::new();
@@ -60,6 +61,7 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
             stop: stop_actors.clone(),
             rng: root.fork(node.index as u64 * 16 + stream),
             ttl: options.ttl,
+            fencing: options.fencing,
         };
         workers.push((
             node.index,

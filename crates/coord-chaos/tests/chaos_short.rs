@@ -51,6 +51,10 @@ async fn a_short_chaos_run_finds_no_violation() {
     let faults: u64 = report.faults.values().sum();
     assert!(faults >= 5, "only {faults} faults injected:\n{report}");
     assert!(
+        report.faults.contains_key(&FaultKind::PauseClient),
+        "no holder was paused:\n{report}"
+    );
+    assert!(
         report.faults.contains_key(&FaultKind::KillMember)
             || report.faults.contains_key(&FaultKind::KillLeader),
         "no member was killed:\n{report}"

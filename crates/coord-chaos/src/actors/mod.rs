@@ -57,6 +57,8 @@ pub struct Ctx {
     pub rng: Rng,
     /// The session TTL (bounds the pause).
     pub ttl: Duration,
+    /// Whether writes carry the ownership compare (false only as a negative control).
+    pub fencing: bool,
 }
 
 /// How a fenced write ended.
@@ -105,9 +107,12 @@ impl Ctx {
         let value = serde_json::to_vec(record).unwrap_or_default();
         let mut ops = vec![TxnOp::put(full_key, value, None)];
         ops.extend(extra);
-        let result = client
-            .txn(Txn::new().when([ownership.compare()]).and_then(ops))
-            .await;
+        let txn = if self.fencing {
+            Txn::new().when([ownership.compare()]).and_then(ops)
+        } else {
+            Txn::new().and_then(ops)
+        };
+        let result = client.txn(txn).await;
         let (kind, key) = match paused {
             Some(true) => (OpKind::StaleWrite, Some(log_key)),
             Some(false) => {
