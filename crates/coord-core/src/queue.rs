@@ -340,11 +340,13 @@ fn is_lease_not_found(e: &Error) -> bool {
 
 /// Deletes the key only if it is still the one created at `ownership`'s revision, so a stale
 /// release never deletes a newer key of the same session (Go's bug #22082). Returns whether it
-/// deleted.
+/// deleted — or may have: the guarded delete is idempotent, so a transient failure (a reset
+/// connection, a member going down) is retried within the client's request timeout, and if an
+/// earlier attempt may have been applied, a later one that finds the key gone counts as deleted.
 ///
 /// # Errors
 ///
-/// Transport errors.
+/// Transport errors that outlast the retries; non-retryable errors at once.
 ///
 /// # Cancel safety
 ///
@@ -353,7 +355,17 @@ pub async fn release(client: &Client, ownership: &Ownership) -> Result<bool> {
     let txn = Txn::new()
         .when([ownership.compare()])
         .and_then([TxnOp::delete(ownership.key().to_vec(), None)]);
-    Ok(client.txn(txn).await?.succeeded())
+    let attempts = std::sync::atomic::AtomicU32::new(0);
+    RetryPolicy::new()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_millis(500))
+        .with_max_elapsed(Some(client.request_timeout()))
+        .retry(|| {
+            let earlier = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0;
+            let txn = txn.clone();
+            async move { Ok(client.txn(txn).await?.succeeded() || earlier) }
+        })
+        .await
 }
 
 /// [`release`] in a background task (for `Drop` of guards), retrying transient failures while the
