@@ -385,7 +385,19 @@ pub fn config_value(data: &[u8]) -> Result<(), Violation> {
         tags,
         per_queue,
     };
-    rewrite(&plain, "(built from the input)", &value, same)
+    if format == Format::Json && !value.ratio.is_finite() {
+        // Finding F1 (docs/fuzzing.md): serde_json writes a NaN or infinite f64 as `null`,
+        // which does not read back as an f64; see the ignored test below.
+        return Ok(());
+    }
+    let eq = if format == Format::Json {
+        // Finding F2 (docs/fuzzing.md): serde_json (without its `float_roundtrip` feature) may
+        // read a float back a few ulps off; see the ignored test below.
+        same_within_an_ulp
+    } else {
+        same
+    };
+    rewrite(&plain, "(built from the input)", &value, eq)
 }
 
 /// `value` encodes, and the encoding decodes to the same (by `eq`).
@@ -424,6 +436,20 @@ fn same(a: &Limits, b: &Limits) -> bool {
     ratio
         && (a.max_jobs, &a.name, &a.tags, &a.per_queue)
             == (b.max_jobs, &b.name, &b.tags, &b.per_queue)
+}
+
+/// [`same`], but floats may differ in their last digits (finding F2: relative error up to 1e-14).
+fn same_within_an_ulp(a: &Limits, b: &Limits) -> bool {
+    let near = (a.ratio - b.ratio).abs() <= a.ratio.abs() * 1e-14;
+    same(a, b)
+        || (near
+            && same(
+                a,
+                &Limits {
+                    ratio: a.ratio,
+                    ..b.clone()
+                },
+            ))
 }
 
 fn describe(result: Result<(), &ConfigError>) -> String {
@@ -503,6 +529,52 @@ mod tests {
         for (path, data) in corpus("config_value") {
             config_value(&data).unwrap_or_else(|e| panic!("{path}: {e}"));
         }
+    }
+
+    /// Finding F1 of the first fuzzing run (docs/fuzzing.md): a JSON config value with a NaN or
+    /// infinite float is written (`Codec::prepare` succeeds, as `null`) but never reads back, so
+    /// every reader reports a decode error. Ignored until the codec refuses such values or stores
+    /// them readably.
+    #[test]
+    #[ignore = "finding F1: JSON writes non-finite floats as null"]
+    fn json_non_finite_floats_read_back() {
+        let codec = Codec::<Limits> {
+            format: Format::Json,
+            validate: None,
+        };
+        for ratio in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let value = Limits {
+                max_jobs: 1,
+                name: String::new(),
+                ratio,
+                tags: Vec::new(),
+                per_queue: BTreeMap::new(),
+            };
+            let result = rewrite(&codec, "F1", &value, same);
+            // Today: `{"max_jobs":1,"name":"","ratio":null,...}` does not read back.
+            result.unwrap();
+        }
+    }
+
+    /// Finding F2 of the first fuzzing run (docs/fuzzing.md): a JSON config value with a float
+    /// such as 7.5293041751068905e-143 reads back one ulp off (7.529304175106891e-143), or
+    /// -1.5494739391785505e231 as -1.5494739391785502e231 (three ulps), because
+    /// serde_json parses floats exactly only with its `float_roundtrip` feature.
+    #[test]
+    #[ignore = "finding F2: JSON floats read back a few ulps off"]
+    fn json_floats_read_back_exactly() {
+        let codec = Codec::<Limits> {
+            format: Format::Json,
+            validate: None,
+        };
+        let value = Limits {
+            max_jobs: 1,
+            name: String::new(),
+            ratio: 7.529_304_175_106_890_5e-143,
+            tags: Vec::new(),
+            per_queue: BTreeMap::new(),
+        };
+        rewrite(&codec, "F2", &value, same).unwrap();
     }
 
     #[test]
