@@ -1,5 +1,7 @@
 //! The nemesis: a seeded random schedule of faults, in two independent loops so member and
-//! client faults overlap.
+//! client faults overlap. Each loop waits a random 0.3–4 s between faults and draws the next
+//! from a shuffled round (a deck), so every kind shows up, in fixed proportions, even in a short
+//! run; which client or member, and for how long, is random too.
 //!
 //! | loop | faults |
 //! |---|---|
