@@ -12,8 +12,8 @@
 //! fault proxy, request timeout 500 ms) makes the read time out while the watch itself is fine.
 //! `registration.rs` (`key_taken`) then returns `pending()` for any error but `Compacted`.
 //!
-//! These tests fail until the read's retryable errors are retried (and, for the registration,
-//! retryable watch errors are not taken as permanent).
+//! Fixed in coord-core: the read's retryable errors now start the wait over (new live watch, new
+//! read) like a broken watch does; these tests keep it fixed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests: failing loudly is the point
 
 use std::time::Duration;

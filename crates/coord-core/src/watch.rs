@@ -256,10 +256,16 @@ async fn first_event(client: &Client, target: Target, start_revision: i64) -> Re
                         // Revisions [next, created_at] were committed before the live watch existed.
                         // For one key a read tells whether it already changed; a gap watch would be
                         // an unsynced watcher itself, served up to 100 ms late.
-                        if let Some(revision) = changed_since(client, &target, next).await? {
-                            return Ok((revision, true));
+                        match changed_since(client, &target, next).await {
+                            Ok(Some(revision)) => return Ok((revision, true)),
+                            Ok(None) => next = created_at + 1,
+                            // Transient trouble: start over (new live watch, new read), like
+                            // a broken watch; the wait must not fail on a timeout.
+                            Err(error) => {
+                                retry_or_fail(error, &mut backoff).await?;
+                                break;
+                            }
                         }
-                        next = created_at + 1;
                     } else {
                         gap = Some(client.hub_watch(target.key.clone(), options(Some(next))));
                     }
