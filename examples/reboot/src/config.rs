@@ -106,8 +106,8 @@ impl Default for ServerSettings {
     }
 }
 
-/// `[etcd]`: how to reach etcd.
-#[derive(Debug, Clone, Deserialize)]
+/// `[etcd]`: how to reach etcd. Its `Debug` output never shows the password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct EtcdSettings {
@@ -128,6 +128,19 @@ pub struct EtcdSettings {
     /// TLS towards etcd.
     #[serde(default)]
     pub tls: Option<TlsSettings>,
+}
+
+impl std::fmt::Debug for EtcdSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSettings")
+            .field("endpoints", &self.endpoints)
+            .field("namespace", &self.namespace)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// `[etcd.tls]`: certificates for etcd (every file is PEM; any subset may be given, a CA alone
