@@ -60,16 +60,23 @@ impl<T: DeserializeOwned> Codec<T> {
     }
 }
 
-impl<T: Serialize> Codec<T> {
-    /// Validates and encodes a value about to be written.
+impl<T: Serialize + DeserializeOwned> Codec<T> {
+    /// Validates and encodes a value about to be written, and checks that the encoding reads
+    /// back: a value every reader would reject is refused here instead (JSON, for one, writes a
+    /// NaN or infinite float as `null`, which no float field accepts — found by fuzzing).
     pub(crate) fn prepare(&self, key: &str, value: &T) -> Result<Vec<u8>, ConfigError> {
         self.check(key, value, 0)?;
-        self.format
-            .encode(value)
-            .map_err(|source| ConfigError::Encode {
-                key: key.to_owned(),
-                source,
-            })
+        let encode_error = |source| ConfigError::Encode {
+            key: key.to_owned(),
+            source,
+        };
+        let bytes = self.format.encode(value).map_err(encode_error)?;
+        if let Err(error) = self.format.decode::<T>(&bytes) {
+            return Err(encode_error(
+                format!("the {:?} encoding does not read back: {error}", self.format).into(),
+            ));
+        }
+        Ok(bytes)
     }
 }
 

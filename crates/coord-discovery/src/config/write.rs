@@ -33,7 +33,7 @@ pub(crate) fn conflict_policy() -> RetryPolicy {
         .with_max_delay(std::time::Duration::from_millis(200))
 }
 
-pub(crate) async fn put<T: Serialize>(
+pub(crate) async fn put<T: Serialize + DeserializeOwned>(
     client: &Client,
     codec: &Codec<T>,
     key: &str,
