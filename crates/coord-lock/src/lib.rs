@@ -40,6 +40,8 @@
 #![forbid(unsafe_code)]
 
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod held;
 mod mutex;
 mod semaphore;

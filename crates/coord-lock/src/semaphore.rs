@@ -67,7 +67,7 @@ pub enum Durability {
 
 /// What the holder keys store: who holds or waits, and since when.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-struct Record {
+pub(crate) struct Record {
     holder: String,
     held: bool,
     since_ms: u64,
@@ -77,7 +77,7 @@ struct Record {
 }
 
 impl Record {
-    fn new(holder: &str, held: bool, by: Option<&str>) -> Record {
+    pub(crate) fn new(holder: &str, held: bool, by: Option<&str>) -> Record {
         let since_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
@@ -89,13 +89,13 @@ impl Record {
         }
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
     /// A key whose value is not a record (written by another tool) counts as a holder: the safe
     /// reading for both the limit and the wake-up rule (docs/design/semaphore.md §4).
-    fn decode(value: &[u8]) -> Option<Record> {
+    pub(crate) fn decode(value: &[u8]) -> Option<Record> {
         serde_json::from_slice(value).ok()
     }
 }
@@ -1110,7 +1110,7 @@ fn older_window(revision: i64, n: u32) -> GetOptions {
         .with_limit(i64::from(n))
 }
 
-fn parse_limit(value: Option<&[u8]>, default: u32) -> u32 {
+pub(crate) fn parse_limit(value: Option<&[u8]>, default: u32) -> u32 {
     value
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.trim().parse::<u32>().ok())
