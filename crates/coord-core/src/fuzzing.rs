@@ -206,30 +206,37 @@ impl<'a> Input<'a> {
     }
 }
 
+/// Every file of the committed corpus `fuzz/corpus/<target>/` (path, bytes), sorted by path, for
+/// the corpus tests of the crates with fuzz targets.
+///
+/// # Errors
+///
+/// When the directory cannot be read or is empty.
+pub fn corpus(target: &str) -> Result<Vec<(String, Vec<u8>)>, Violation> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+        let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        files.push((path.display().to_string(), data));
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("{} is empty", dir.display()));
+    }
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every file of `fuzz/corpus/<target>/`, which must exist and not be empty.
-    fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fuzz/corpus")
-            .join(target);
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| {
-                let path = entry.unwrap().path();
-                (path.display().to_string(), std::fs::read(&path).unwrap())
-            })
-            .collect();
-        files.sort();
-        assert!(!files.is_empty(), "{} is empty", dir.display());
-        files
-    }
-
     #[test]
     fn the_keys_corpus_passes() {
-        for (path, data) in corpus("keys") {
+        for (path, data) in corpus("keys").unwrap() {
             keys(&data).unwrap_or_else(|e| panic!("{path}: {e}"));
         }
     }

@@ -486,33 +486,16 @@ impl<'a> Input<'a> {
 mod tests {
     use super::*;
 
-    /// Every file of `fuzz/corpus/<target>/`, which must exist and not be empty.
-    fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fuzz/corpus")
-            .join(target);
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| {
-                let path = entry.unwrap().path();
-                (path.display().to_string(), std::fs::read(&path).unwrap())
-            })
-            .collect();
-        files.sort();
-        assert!(!files.is_empty(), "{} is empty", dir.display());
-        files
-    }
-
     #[test]
     fn the_service_entry_corpus_passes() {
-        for (path, data) in corpus("service_entry") {
+        for (path, data) in coord_core::fuzzing::corpus("service_entry").unwrap() {
             service_entry(&data).unwrap_or_else(|e| panic!("{path}: {e}"));
         }
     }
 
     #[test]
     fn the_config_value_corpus_passes() {
-        for (path, data) in corpus("config_value") {
+        for (path, data) in coord_core::fuzzing::corpus("config_value").unwrap() {
             config_value(&data).unwrap_or_else(|e| panic!("{path}: {e}"));
         }
     }

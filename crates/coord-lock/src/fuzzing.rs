@@ -70,25 +70,9 @@ mod tests {
 
     use super::*;
 
-    fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fuzz/corpus")
-            .join(target);
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|entry| {
-                let path = entry.unwrap().path();
-                (path.display().to_string(), std::fs::read(&path).unwrap())
-            })
-            .collect();
-        files.sort();
-        assert!(!files.is_empty(), "{} is empty", dir.display());
-        files
-    }
-
     #[test]
     fn the_semaphore_metadata_corpus_passes() {
-        for (path, data) in corpus("semaphore_metadata") {
+        for (path, data) in coord_core::fuzzing::corpus("semaphore_metadata").unwrap() {
             semaphore_metadata(&data).unwrap_or_else(|e| panic!("{path}: {e}"));
         }
     }
