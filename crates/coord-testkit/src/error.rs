@@ -85,6 +85,15 @@ pub enum Error {
         len: usize,
     },
 
+    /// A wait for a state of etcd did not end in time.
+    #[error("no {what} after {after:?}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        after: Duration,
+    },
+
     /// A builder was given values that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),

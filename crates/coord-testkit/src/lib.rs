@@ -120,6 +120,7 @@ mod proxy;
 mod server;
 mod shared;
 mod tempdir;
+mod wait;
 
 pub use auth::{User, enable_auth};
 pub use binary::{ETCD_BIN_ENV, ETCDCTL_BIN_ENV, etcd_binary, etcdctl_binary};
@@ -130,3 +131,4 @@ pub use namespace::unique_namespace;
 pub use proxy::FaultProxy;
 pub use server::{Etcd, EtcdBuilder};
 pub use shared::shared;
+pub use wait::wait_for_key_count;

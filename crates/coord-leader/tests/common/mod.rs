@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use coord_core::etcd_client::{EventType, GetOptions, SortOrder, SortTarget, WatchOptions};
+use coord_core::etcd_client::{GetOptions, SortOrder, SortTarget};
 use coord_core::{Client, ClientConfig, Session};
 
 /// Failure bound for waits on events; never a timing assertion.
@@ -33,43 +33,9 @@ pub async fn session(client: &Client) -> Session {
 
 /// Waits, by watching the prefix, until exactly `n` keys are under it.
 pub async fn queue_len_becomes(client: &Client, prefix: &str, n: usize) {
-    let wait = async {
-        loop {
-            let read = client
-                .get(
-                    prefix,
-                    Some(GetOptions::new().with_prefix().with_count_only()),
-                )
-                .await
-                .unwrap();
-            if read.count() as usize == n {
-                return;
-            }
-            let from = read.header().unwrap().revision() + 1;
-            let mut watch = client.etcd().watch_client();
-            let mut stream = watch
-                .watch(
-                    prefix,
-                    Some(WatchOptions::new().with_prefix().with_start_revision(from)),
-                )
-                .await
-                .unwrap();
-            // Any change: count again.
-            loop {
-                let resp = stream.message().await.unwrap().expect("watch ended");
-                if resp
-                    .events()
-                    .iter()
-                    .any(|e| matches!(e.event_type(), EventType::Put | EventType::Delete))
-                {
-                    break;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(BOUND, wait)
+    coord_testkit::wait_for_key_count(client.etcd(), prefix, n, BOUND)
         .await
-        .unwrap_or_else(|_| panic!("{prefix} never had {n} keys"));
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Keys under the prefix in create order.

@@ -11,7 +11,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use coord_core::etcd_client::{EventType, GetOptions, SortOrder, SortTarget, WatchOptions};
+use coord_core::etcd_client::{GetOptions, SortOrder, SortTarget};
 use coord_core::{Client, ClientConfig};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -200,42 +200,8 @@ impl Ctl {
 
     /// Waits, by watching the prefix, until exactly `n` keys are under it.
     pub async fn keys_become(&self, prefix: &str, n: usize) {
-        let client = &self.client;
-        let wait = async {
-            loop {
-                let read = client
-                    .get(
-                        prefix,
-                        Some(GetOptions::new().with_prefix().with_count_only()),
-                    )
-                    .await
-                    .unwrap();
-                if read.count() as usize == n {
-                    return;
-                }
-                let from = read.header().unwrap().revision() + 1;
-                let mut watch = client.etcd().watch_client();
-                let mut stream = watch
-                    .watch(
-                        prefix,
-                        Some(WatchOptions::new().with_prefix().with_start_revision(from)),
-                    )
-                    .await
-                    .unwrap();
-                loop {
-                    let resp = stream.message().await.unwrap().expect("watch ended");
-                    if resp
-                        .events()
-                        .iter()
-                        .any(|e| matches!(e.event_type(), EventType::Put | EventType::Delete))
-                    {
-                        break;
-                    }
-                }
-            }
-        };
-        tokio::time::timeout(BOUND, wait)
+        coord_testkit::wait_for_key_count(self.client.etcd(), prefix, n, BOUND)
             .await
-            .unwrap_or_else(|_| panic!("{prefix} never had {n} keys"));
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }
