@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchFilterType, WatchOptions};
+use etcd_client::{EventType, KeyValue, WatchFilterType, WatchOptions};
 
 use crate::{Client, Error, Result, RetryPolicy};
 
@@ -66,7 +66,7 @@ pub async fn wait_deleted(
         start_revision,
     )
     .await
-    .map(|(revision, _)| revision)
+    .map(|woken| woken.revision)
 }
 
 /// Waits until `key` is written or deleted at or after `start_revision`, and returns the revision
@@ -95,7 +95,50 @@ pub async fn wait_changed(
         start_revision,
     )
     .await
-    .map(|(revision, _)| revision)
+    .map(|woken| woken.revision)
+}
+
+/// Like [`wait_changed`], but also returns the key as it is after the change: `Some` with the
+/// written value (or, when the change happened before the watch existed, the value a read found
+/// then), `None` when the key is gone. A key deleted and created again shows its new create
+/// revision; callers that hold a create revision compare it.
+///
+/// # Errors
+///
+/// As [`wait_deleted`].
+///
+/// # Cancel safety
+///
+/// Cancel safe.
+///
+/// ```no_run
+/// # async fn demo(client: coord_core::Client) -> coord_core::Result<()> {
+/// let key = client.key("jobs/state");
+/// let read = client.get(key.clone(), None).await?;
+/// let from = read.header().map_or(0, |h| h.revision()) + 1;
+/// match coord_core::watch::wait_changed_value(&client, key, from).await?.1 {
+///     Some(kv) => println!("now {:?}", kv.value_str()),
+///     None => println!("deleted"),
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn wait_changed_value(
+    client: &Client,
+    key: impl Into<Vec<u8>>,
+    start_revision: i64,
+) -> Result<(i64, Option<KeyValue>)> {
+    first_event(
+        client,
+        Target {
+            key: key.into(),
+            range_end: None,
+            deletes_only: false,
+            created_before: None,
+        },
+        start_revision,
+    )
+    .await
+    .map(|woken| (woken.revision, woken.kv))
 }
 
 /// Waits until any key under `prefix` is deleted at or after `start_revision`, and returns the
@@ -126,7 +169,7 @@ pub async fn wait_prefix_deleted(
         start_revision,
     )
     .await
-    .map(|(revision, _)| revision)
+    .map(|woken| woken.revision)
 }
 
 /// Waits until a key under `prefix` **created before `created_before`** is deleted, at or after
@@ -158,8 +201,8 @@ pub async fn wait_older_deleted(
         deletes_only: true,
         created_before: Some(created_before),
     };
-    let (revision, certain) = first_event(client, target, start_revision).await?;
-    Ok(certain.then_some(revision))
+    let woken = first_event(client, target, start_revision).await?;
+    Ok(woken.certain.then_some(woken.revision))
 }
 
 struct Target {
@@ -196,7 +239,7 @@ impl Target {
 /// arrive at once) and, only when revisions were committed between `start_revision` and `C`, a
 /// second *gap* watch from `start_revision` for the events that already happened. Both are created
 /// on the client's shared watch stream.
-async fn first_event(client: &Client, target: Target, start_revision: i64) -> Result<(i64, bool)> {
+async fn first_event(client: &Client, target: Target, start_revision: i64) -> Result<Woken> {
     let mut next = start_revision;
     let mut backoff = reconnect_backoff();
     let options = |start: Option<i64>| {
@@ -257,7 +300,13 @@ async fn first_event(client: &Client, target: Target, start_revision: i64) -> Re
                         // For one key a read tells whether it already changed; a gap watch would be
                         // an unsynced watcher itself, served up to 100 ms late.
                         match changed_since(client, &target, next).await {
-                            Ok(Some(revision)) => return Ok((revision, true)),
+                            Ok(Some((revision, kv))) => {
+                                return Ok(Woken {
+                                    revision,
+                                    certain: true,
+                                    kv,
+                                });
+                            }
                             Ok(None) => next = created_at + 1,
                             // Transient trouble: start over (new live watch, new read), like
                             // a broken watch; the wait must not fail on a timeout.
@@ -274,7 +323,14 @@ async fn first_event(client: &Client, target: Target, start_revision: i64) -> Re
             }
             for event in resp.events() {
                 if let Some(certain) = target.matches(event) {
-                    return Ok((event.kv().map_or(next, |kv| kv.mod_revision()), certain));
+                    return Ok(Woken {
+                        revision: event.kv().map_or(next, |kv| kv.mod_revision()),
+                        certain,
+                        kv: event
+                            .kv()
+                            .filter(|_| event.event_type() == EventType::Put)
+                            .cloned(),
+                    });
                 }
             }
             // A progress notification on the watch that covers `next` promises that every event up
@@ -289,10 +345,23 @@ async fn first_event(client: &Client, target: Target, start_revision: i64) -> Re
     }
 }
 
+/// What ended a wait: the revision, whether the event is certain to be one the caller waits for,
+/// and the key's value after it (`None` for a delete).
+struct Woken {
+    revision: i64,
+    certain: bool,
+    kv: Option<KeyValue>,
+}
+
 /// Whether the single key of `target` already changed (was deleted, or for non-delete waits also
-/// written) at or after `since`, judged from a read: returns the read's revision if so.
-async fn changed_since(client: &Client, target: &Target, since: i64) -> Result<Option<i64>> {
-    let read = client.get(target.key.clone(), None).await?;
+/// written) at or after `since`, judged from a read: returns the read's revision and the key as
+/// read if so.
+async fn changed_since(
+    client: &Client,
+    target: &Target,
+    since: i64,
+) -> Result<Option<(i64, Option<KeyValue>)>> {
+    let mut read = client.get(target.key.clone(), None).await?;
     let revision = read.header().map_or(since, |h| h.revision());
     let changed = match read.kvs().first() {
         None => true,
@@ -300,7 +369,7 @@ async fn changed_since(client: &Client, target: &Target, since: i64) -> Result<O
         Some(kv) if kv.create_revision() >= since => true,
         Some(kv) => !target.deletes_only && kv.mod_revision() >= since,
     };
-    Ok(changed.then_some(revision))
+    Ok(changed.then(|| (revision, read.take_kvs().into_iter().next())))
 }
 
 fn reconnect_backoff() -> backon::ExponentialBackoff {

@@ -6,8 +6,9 @@
 //!
 //! - [`Semaphore`]: at most `limit` holders, FIFO, with session-bound [`Permit`]s and durable
 //!   holders by id ([`Semaphore::acquire_as`]) for slots that outlive a process (reboot slots);
-//!   the limit is fixed by the caller or stored in etcd and changeable at run time. A release wakes
-//!   one waiter, whatever the queue length (docs/design/semaphore.md).
+//!   the limit is fixed by the caller or stored in etcd and changeable at run time. A release
+//!   hands its permit straight to the waiter it makes eligible, whatever the queue length, and
+//!   releases at once hand off in parallel (docs/design/semaphore.md).
 //!
 //! ## Safety: fence your writes
 //!
@@ -42,6 +43,7 @@
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod handoff;
 mod held;
 mod mutex;
 mod semaphore;

@@ -10,13 +10,14 @@ use coord_core::etcd_client::{
     Compare, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use coord_core::keys::{lease_key, queue_prefix, validate_name, validate_segment};
-use coord_core::watch::{wait_changed, wait_older_deleted};
+use coord_core::watch::{wait_changed, wait_changed_value, wait_older_deleted};
 use coord_core::{Client, Error as CoreError, FencingToken, Ownership, Session};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
 
 use coord_core::queue::{Enqueued, Entry, key_lost, local_slot, read_retry, session_end_error};
 
+use crate::handoff::{GRACE, Handoff};
 use crate::held::Held;
 use crate::{Error, Result};
 
@@ -89,6 +90,20 @@ impl Record {
         }
     }
 
+    pub(crate) fn is_held(&self) -> bool {
+        self.held
+    }
+
+    /// The same record marked held, since now.
+    pub(crate) fn granted(self) -> Record {
+        let now = Record::new(&self.holder, true, None);
+        Record {
+            held: true,
+            since_ms: now.since_ms,
+            ..self
+        }
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
@@ -158,6 +173,7 @@ pub struct Semaphore {
     key: String,
     local: Arc<tokio::sync::Mutex<()>>,
     taken_by: Option<Arc<str>>,
+    handoff: Arc<Handoff>,
 }
 
 impl fmt::Debug for Semaphore {
@@ -174,10 +190,20 @@ enum Place {
     /// Granted (and marked held).
     Granted,
     /// Waiting behind holders only: watch for any delete under the prefix (and limit changes).
-    First { read_revision: i64 },
+    First {
+        /// Deletes count from the revision after this one.
+        read_revision: i64,
+        /// A hand-off mark on the own key counts from the revision after this one.
+        own_from: i64,
+        /// Inferred without a read (the predecessor was granted, so the rank is at most the
+        /// limit, maybe less): unless a hand-off or a delete comes within [`GRACE`], read.
+        inferred: bool,
+    },
     /// Waiting behind another waiter: watch that key for any change.
     Behind {
         predecessor: Vec<u8>,
+        /// The predecessor's create revision.
+        predecessor_revision: i64,
         read_revision: i64,
     },
 }
@@ -198,11 +224,14 @@ impl Semaphore {
             Limit::Fixed(n) | Limit::Stored { default: n } => Limit::validate(n)?,
         };
         let key = lease_key(namespace, name, session.lease_id());
+        let prefix = queue_prefix(namespace, name);
+        let limit_key = format!("{namespace}{name}");
         Ok(Semaphore {
             session: session.clone(),
             name: name.to_owned(),
-            prefix: queue_prefix(namespace, name),
-            limit_key: format!("{namespace}{name}"),
+            handoff: Handoff::new(&prefix, &limit_key, limit),
+            prefix,
+            limit_key,
             limit,
             local: local_slot(&key),
             key,
@@ -247,6 +276,7 @@ impl Semaphore {
             prefix: self.prefix.clone(),
             limit_key: self.limit_key.clone(),
             limit: self.limit,
+            handoff: self.handoff.clone(),
         }
     }
 
@@ -371,7 +401,7 @@ impl Semaphore {
                 let granted = match place {
                     Some(_) => false,
                     None => matches!(
-                        self.evaluate(&ownership, &holder, lease).await?,
+                        self.evaluate(&ownership, &holder, lease, false).await?,
                         Place::Granted
                     ),
                 };
@@ -389,7 +419,8 @@ impl Semaphore {
         }
         let (_, local) = entry.into_parts();
         Ok(Permit {
-            held: Held::new(self.session.clone(), ownership, local),
+            held: Held::new(self.session.clone(), ownership, local)
+                .handing_off(self.handoff.clone()),
         })
     }
 
@@ -501,7 +532,10 @@ impl Semaphore {
             place => {
                 let granted = match place {
                     Some(_) => false,
-                    None => matches!(self.evaluate(&ownership, id, lease).await?, Place::Granted),
+                    None => matches!(
+                        self.evaluate(&ownership, id, lease, false).await?,
+                        Place::Granted
+                    ),
                 };
                 if !granted {
                     let _ = entry.remove().await;
@@ -600,7 +634,7 @@ impl Semaphore {
         format!("{}{DURABLE_MARK}{id}", self.prefix)
     }
 
-    /// Evaluates and waits until granted. Wake-up rule: docs/design/semaphore.md §3.
+    /// Evaluates and waits until granted. Wake-up rule: docs/design/semaphore.md §2–3.
     async fn wait_for_grant(
         &self,
         ownership: &Ownership,
@@ -609,18 +643,38 @@ impl Semaphore {
         mut known: Option<Place>,
     ) -> Result<()> {
         let client = self.session.client();
+        let expect_handoff = Handoff::expected(self.limit);
+        // The first evaluation (of a key that already existed) follows no wake-up: nobody is
+        // about to hand off to it.
+        let mut waited = known.is_some();
         loop {
             let place = match known.take() {
                 Some(place) => place,
                 None => tokio::select! {
                     biased;
                     _ = self.session.ended() => return Err(session_end_error(&self.session).into()),
-                    place = self.evaluate(ownership, holder, lease) => place?,
+                    place = self.evaluate(ownership, holder, lease, waited) => place?,
                 },
             };
+            waited = true;
             let woken = match place {
                 Place::Granted => return Ok(()),
-                Place::First { read_revision } => {
+                Place::First {
+                    read_revision,
+                    own_from,
+                    inferred,
+                } => {
+                    // A releaser hands off by marking this key; a delete (or limit change) nobody
+                    // hands off is seen on the prefix (and limit) watch.
+                    let own = wait_changed_value(client, ownership.key().to_vec(), own_from + 1);
+                    tokio::pin!(own);
+                    let confirm = async {
+                        if inferred {
+                            tokio::time::sleep(GRACE).await;
+                        } else {
+                            std::future::pending::<()>().await;
+                        }
+                    };
                     let limit_changed = async {
                         match self.limit {
                             Limit::Stored { .. } => {
@@ -636,29 +690,84 @@ impl Semaphore {
                         ownership.token().revision(),
                         read_revision + 1,
                     );
-                    tokio::select! {
+                    let trigger = tokio::select! {
                         biased;
                         _ = self.session.ended() => return Err(session_end_error(&self.session).into()),
-                        r = older_deleted => match r {
-                            // With a fixed limit the first waiter's rank was exactly the limit, and
-                            // nothing older can appear: one older key gone means a free permit.
-                            Ok(Some(_)) if !self.marks_every_grant() => {
-                                self.mark_held(ownership, holder, lease).await?;
-                                return Ok(());
+                        change = &mut own => {
+                            match self.own_change(change, ownership, holder, lease).await? {
+                                true => return Ok(()),
+                                false => continue,
                             }
-                            other => other.map(|_| 0),
-                        },
-                        r = limit_changed => r,
+                        }
+                        r = older_deleted => r.map(|certain| certain.is_some()),
+                        r = limit_changed => r.map(|_| false),
+                        // Nothing came: read where this entry stands.
+                        () = confirm => continue,
+                    };
+                    let certain = match trigger {
+                        Ok(certain) => certain,
+                        Err(CoreError::Compacted { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    // With a fixed limit the first waiter's rank was at most the limit, and
+                    // nothing older can appear: one older key gone means a free permit, now. Its
+                    // releaser's hand-off marks this key (waking the waiter behind); if none
+                    // comes, the mark is written here, in the background.
+                    if certain && !self.marks_every_grant() && !lease.changes_on_grant() {
+                        if expect_handoff {
+                            self.mark_unless_handed_off(ownership, holder, own_from);
+                        } else {
+                            self.mark_held(ownership, holder, lease).await?;
+                        }
+                        return Ok(());
                     }
+                    // That may have freed a permit for this key: give its releaser a moment to
+                    // hand it off before writing the mark here (one write instead of two).
+                    if expect_handoff {
+                        tokio::select! {
+                            biased;
+                            _ = self.session.ended() => return Err(session_end_error(&self.session).into()),
+                            change = &mut own => {
+                                match self.own_change(change, ownership, holder, lease).await? {
+                                    true => return Ok(()),
+                                    false => continue,
+                                }
+                            }
+                            () = tokio::time::sleep(GRACE) => {}
+                        }
+                    }
+                    if certain && !self.marks_every_grant() {
+                        self.mark_held(ownership, holder, lease).await?;
+                        return Ok(());
+                    }
+                    Ok(0)
                 }
                 Place::Behind {
                     predecessor,
+                    predecessor_revision,
                     read_revision,
                 } => {
-                    tokio::select! {
+                    let change = tokio::select! {
                         biased;
                         _ = self.session.ended() => return Err(session_end_error(&self.session).into()),
-                        r = wait_changed(client, predecessor, read_revision + 1) => r,
+                        r = wait_changed_value(client, predecessor, read_revision + 1) => r,
+                    };
+                    match change {
+                        // The predecessor was granted, so its rank is below the limit and this
+                        // entry's at most the limit: it is the first waiter (or already eligible,
+                        // which a hand-off or the confirming read settles), without a read.
+                        Ok((revision, Some(kv)))
+                            if kv.create_revision() == predecessor_revision
+                                && Record::decode(kv.value()).is_some_and(|r| r.held) =>
+                        {
+                            known = Some(Place::First {
+                                read_revision: revision,
+                                own_from: read_revision,
+                                inferred: true,
+                            });
+                            continue;
+                        }
+                        other => other.map(|(revision, _)| revision),
                     }
                 }
             };
@@ -667,6 +776,59 @@ impl Semaphore {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Writes the "held" mark of a key granted without one, unless a releaser's hand-off marks it
+    /// within [`GRACE`] (watching from `from + 1`); in the background, so that the grant returns at
+    /// once. The mark is what wakes the waiter behind.
+    fn mark_unless_handed_off(&self, ownership: &Ownership, holder: &str, from: i64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = self.session.client().clone();
+        let ownership = ownership.clone();
+        let record = Record::new(holder, true, self.taken_by.as_deref()).encode();
+        runtime.spawn(async move {
+            let own = wait_changed_value(&client, ownership.key().to_vec(), from + 1);
+            if tokio::time::timeout(GRACE, own).await.is_ok() {
+                return;
+            }
+            let txn = Txn::new().when([ownership.compare()]).and_then([TxnOp::put(
+                ownership.key().to_vec(),
+                record,
+                Some(PutOptions::new().with_ignore_lease()),
+            )]);
+            if let Err(error) = client.txn(txn).await {
+                tracing::debug!(%error, key = ?ownership.key_str(), "semaphore mark failed");
+            }
+        });
+    }
+
+    /// What a change of this entry's own key means: `true` when it is a hand-off (the key marked
+    /// held; a durable slot then moves its key off the session), `false` for anything else worth
+    /// a fresh evaluation; an error when the key is gone.
+    async fn own_change(
+        &self,
+        change: coord_core::Result<(i64, Option<KeyValue>)>,
+        ownership: &Ownership,
+        holder: &str,
+        lease: KeyLease,
+    ) -> Result<bool> {
+        let kv = match change {
+            Ok((_, kv)) => kv,
+            Err(CoreError::Compacted { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(kv) = kv.filter(|kv| kv.create_revision() == ownership.token().revision()) else {
+            return Err(crate::gone_or_removed(&self.session, ownership).await);
+        };
+        if !Record::decode(kv.value()).is_some_and(|r| r.held) {
+            return Ok(false);
+        }
+        if lease.changes_on_grant() {
+            self.mark_held(ownership, holder, lease).await?;
+        }
+        Ok(true)
     }
 
     /// Whether every grant writes a "held" mark. With a stored limit it must: the limit can be
@@ -767,20 +929,29 @@ impl Semaphore {
         Some(if behind {
             Place::Behind {
                 predecessor: predecessor.key().to_vec(),
+                predecessor_revision: predecessor.create_revision(),
                 read_revision,
             }
         } else {
-            Place::First { read_revision }
+            Place::First {
+                read_revision,
+                own_from: read_revision,
+                inferred: false,
+            }
         })
     }
 
     /// One read of everything the decision needs (own key, the newest older keys, stored limit),
     /// and, when granted, one guarded write marking the key held (which wakes the waiter behind).
+    ///
+    /// `waited`: the evaluation follows a wake-up, so a releaser may be handing this key its
+    /// permit; a grant then first waits up to [`GRACE`] for that mark.
     async fn evaluate(
         &self,
         ownership: &Ownership,
         holder: &str,
         lease: KeyLease,
+        waited: bool,
     ) -> Result<Place> {
         let client = self.session.client();
         let key = ownership.key().to_vec();
@@ -826,9 +997,19 @@ impl Semaphore {
                 continue;
             };
             if let Place::Granted = place {
-                if !Record::decode(me.value()).is_some_and(|r| r.held) || lease.changes_on_grant() {
-                    self.mark_held(ownership, holder, lease).await?;
+                let marked = Record::decode(me.value()).is_some_and(|r| r.held);
+                if marked && !lease.changes_on_grant() {
+                    return Ok(place);
                 }
+                if !marked && waited && Handoff::expected(self.limit) {
+                    let own = wait_changed_value(client, key.clone(), read_revision + 1);
+                    if let Ok(change) = tokio::time::timeout(GRACE, own).await {
+                        if self.own_change(change, ownership, holder, lease).await? {
+                            return Ok(place);
+                        }
+                    }
+                }
+                self.mark_held(ownership, holder, lease).await?;
             }
             return Ok(place);
         }
@@ -877,6 +1058,7 @@ pub struct SemaphoreAdmin {
     prefix: String,
     limit_key: String,
     limit: Limit,
+    handoff: Arc<Handoff>,
 }
 
 impl SemaphoreAdmin {
@@ -892,11 +1074,14 @@ impl SemaphoreAdmin {
         match limit {
             Limit::Fixed(n) | Limit::Stored { default: n } => Limit::validate(n)?,
         };
+        let prefix = queue_prefix(namespace, name);
+        let limit_key = format!("{namespace}{name}");
         Ok(SemaphoreAdmin {
             client: client.clone(),
             name: name.to_owned(),
-            prefix: queue_prefix(namespace, name),
-            limit_key: format!("{namespace}{name}"),
+            handoff: Handoff::new(&prefix, &limit_key, limit),
+            prefix,
+            limit_key,
             limit,
         })
     }
@@ -923,8 +1108,29 @@ impl SemaphoreAdmin {
     /// Cancel safe: the delete either happened or not; call again.
     pub async fn release_as(&self, id: &str) -> Result<()> {
         validate_segment(id)?;
-        self.client.delete(self.durable_key(id), None).await?;
+        self.delete_handing_off(self.durable_key(id)).await?;
         Ok(())
+    }
+
+    /// Deletes `key` and, if it existed, hands the permit it may have held to the next waiter
+    /// (docs/design/semaphore.md §3). Returns whether the key existed.
+    async fn delete_handing_off(&self, key: String) -> Result<bool> {
+        let mut then = vec![TxnOp::delete(key, None)];
+        then.extend(self.handoff.reads());
+        let mut responses = self
+            .client
+            .txn(Txn::new().and_then(then))
+            .await?
+            .op_responses();
+        let deleted = match responses.first() {
+            Some(TxnOpResponse::Delete(delete)) => delete.deleted() > 0,
+            _ => false,
+        };
+        if deleted {
+            responses.remove(0);
+            self.handoff.hand_off_from(&self.client, responses).await;
+        }
+        Ok(deleted)
     }
 
     /// Operator override: removes the holder or waiter `id` — a durable id, or a session-bound
@@ -953,13 +1159,11 @@ impl SemaphoreAdmin {
     /// ```
     pub async fn force_release(&self, id: &str) -> Result<bool> {
         validate_segment(id)?;
-        let client = &self.client;
-        let durable = client.delete(self.durable_key(id), None).await?;
-        if durable.deleted() > 0 {
+        if self.delete_handing_off(self.durable_key(id)).await? {
             return Ok(true);
         }
         let session_key = format!("{}{id}", self.prefix);
-        Ok(client.delete(session_key, None).await?.deleted() > 0)
+        self.delete_handing_off(session_key).await
     }
 
     /// The current limit: the stored one (or its default), or the fixed one.
@@ -1017,9 +1221,18 @@ impl SemaphoreAdmin {
             }
             .into());
         }
-        self.client
-            .put(self.limit_key.clone(), limit.to_string(), None)
-            .await?;
+        // A raised limit frees permits: hand them to the waiters at once.
+        let mut then = vec![TxnOp::put(self.limit_key.clone(), limit.to_string(), None)];
+        then.extend(self.handoff.reads());
+        let mut responses = self
+            .client
+            .txn(Txn::new().and_then(then))
+            .await?
+            .op_responses();
+        if !responses.is_empty() {
+            responses.remove(0);
+        }
+        self.handoff.hand_off_from(&self.client, responses).await;
         Ok(())
     }
 

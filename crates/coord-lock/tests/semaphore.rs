@@ -500,3 +500,136 @@ async fn the_admin_handle_administers_without_a_session() {
     assert!(fixed.set_limit(4).await.is_err());
     assert!(admin.force_release("a/b").await.is_err());
 }
+
+/// Waits for a spawned acquisition, which must succeed within [`BOUND`].
+async fn granted(
+    waiter: tokio::task::JoinHandle<coord_lock::Result<coord_lock::Permit>>,
+) -> coord_lock::Permit {
+    tokio::time::timeout(BOUND, waiter)
+        .await
+        .expect("missed wake-up")
+        .unwrap()
+        .unwrap()
+}
+
+fn spawn_acquire(
+    sem: &Semaphore,
+) -> tokio::task::JoinHandle<coord_lock::Result<coord_lock::Permit>> {
+    let sem = sem.clone();
+    tokio::spawn(async move { sem.acquire().await })
+}
+
+/// Releases hand their permits to the waiters they make eligible — several at once, each to a
+/// different waiter — and the listing shows the waiters holding.
+#[tokio::test]
+async fn concurrent_releases_hand_off_to_distinct_waiters() {
+    let client = shared_client("sem_handoff").await;
+    let s = futures_sessions(&client, 6).await;
+    let sems: Vec<_> = s
+        .iter()
+        .map(|s| Semaphore::new(s, "slots", Limit::Fixed(3)).unwrap())
+        .collect();
+    let prefix = sems[0].prefix().to_owned();
+    let mut held = Vec::new();
+    for sem in &sems[..3] {
+        held.push(sem.acquire().await.unwrap());
+    }
+    let mut waiters = Vec::new();
+    for (i, sem) in sems[3..].iter().enumerate() {
+        waiters.push(spawn_acquire(sem));
+        queue_len_becomes(&client, &prefix, 4 + i).await;
+    }
+    let releases: Vec<_> = held
+        .into_iter()
+        .map(|permit| tokio::spawn(permit.release()))
+        .collect();
+    for release in releases {
+        release.await.unwrap().unwrap();
+    }
+    let mut permits = Vec::new();
+    for waiter in waiters {
+        permits.push(granted(waiter).await);
+    }
+    let holders = sems[0].holders().await.unwrap();
+    assert_eq!(
+        holders.iter().map(|h| h.token).collect::<Vec<_>>(),
+        permits.iter().map(|p| p.token()).collect::<Vec<_>>(),
+        "the three waiters hold, in queue order"
+    );
+    for permit in permits {
+        permit.release().await.unwrap();
+    }
+    assert_eq!(count(&client, &prefix).await, 0);
+}
+
+/// Permits freed by deletes nobody hands off — another tool deleting a holder's key, a holder's
+/// session expiring — still reach the waiters (their own fallback), never more than the limit;
+/// and a normal release after that hands off again.
+#[tokio::test]
+async fn permits_freed_without_a_hand_off_still_reach_the_waiters() {
+    let client = shared_client("sem_no_handoff").await;
+    let s = futures_sessions(&client, 5).await;
+    let sems: Vec<_> = s
+        .iter()
+        .map(|s| Semaphore::new(s, "slots", Limit::Fixed(2)).unwrap())
+        .collect();
+    let prefix = sems[0].prefix().to_owned();
+    let p0 = sems[0].acquire().await.unwrap();
+    let p1 = sems[1].acquire().await.unwrap();
+    let w2 = spawn_acquire(&sems[2]);
+    queue_len_becomes(&client, &prefix, 3).await;
+    let w3 = spawn_acquire(&sems[3]);
+    queue_len_becomes(&client, &prefix, 4).await;
+    let w4 = spawn_acquire(&sems[4]);
+    queue_len_becomes(&client, &prefix, 5).await;
+
+    // Another tool deletes the first holder's key; the second holder's session expires.
+    client.etcd().clone().delete(p0.key(), None).await.unwrap();
+    client.lease_revoke(s[1].lease_id()).await.unwrap();
+    let p2 = granted(w2).await;
+    let p3 = granted(w3).await;
+    assert!(!w4.is_finished(), "two slots were freed, not three");
+    assert_eq!(sems[4].holders().await.unwrap().len(), 2);
+    drop((p0, p1));
+
+    p2.release().await.unwrap();
+    let p4 = granted(w4).await;
+    let holders = sems[4].holders().await.unwrap();
+    assert_eq!(
+        holders.iter().map(|h| h.token).collect::<Vec<_>>(),
+        vec![p3.token(), p4.token()]
+    );
+    p3.release().await.unwrap();
+    p4.release().await.unwrap();
+}
+
+/// A stored limit raised by another tool (a plain put of the limit key, no hand-off) still
+/// grants the waiters it makes room for.
+#[tokio::test]
+async fn a_limit_raised_by_another_tool_grants_waiters() {
+    let client = shared_client("sem_foreign_limit").await;
+    let s = futures_sessions(&client, 3).await;
+    let sems: Vec<_> = s
+        .iter()
+        .map(|s| Semaphore::new(s, "slots", Limit::Stored { default: 1 }).unwrap())
+        .collect();
+    let prefix = sems[0].prefix().to_owned();
+    let p0 = sems[0].acquire().await.unwrap();
+    let w1 = spawn_acquire(&sems[1]);
+    queue_len_becomes(&client, &prefix, 2).await;
+    let w2 = spawn_acquire(&sems[2]);
+    queue_len_becomes(&client, &prefix, 3).await;
+
+    client
+        .etcd()
+        .clone()
+        .put(sems[0].limit_key(), "3", None)
+        .await
+        .unwrap();
+    let p1 = granted(w1).await;
+    let p2 = granted(w2).await;
+    assert_eq!(sems[0].holders().await.unwrap().len(), 3);
+    for permit in [p0, p1, p2] {
+        permit.release().await.unwrap();
+    }
+}

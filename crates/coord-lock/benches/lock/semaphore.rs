@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use coord_core::Session;
+use coord_core::etcd_client::{Client as EtcdClient, Compare, CompareOp, Txn, TxnOp};
 use coord_lock::{Limit, Permit, Semaphore};
 use tokio::sync::watch;
 
@@ -35,11 +36,16 @@ const TTL: Duration = Duration::from_secs(60);
 enum Contender {
     Cas(Box<CasSemaphore>),
     Coord(Semaphore),
+    /// No exclusion at all: a put-if-absent of the contender's own key and its delete — the two
+    /// writes any one-key-per-holder semaphore makes per acquisition, without any waiting. An
+    /// upper bound for this machine, not a semaphore.
+    Ceiling(Box<(EtcdClient, String)>),
 }
 
 enum Held {
     Cas,
     Coord(Permit),
+    Ceiling,
 }
 
 impl Contender {
@@ -52,6 +58,18 @@ impl Contender {
                 _ = stop.wait_for(|stop| *stop) => None,
                 permit = semaphore.acquire() => Some(Held::Coord(permit.expect("acquire"))),
             },
+            Contender::Ceiling(own) => {
+                if *stop.borrow() {
+                    return None;
+                }
+                let (client, key) = &mut **own;
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key.clone(), "held", None)]);
+                let created = client.txn(txn).await.expect("create txn").succeeded();
+                assert!(created, "a ceiling contender's key was left behind");
+                Some(Held::Ceiling)
+            }
         }
     }
 
@@ -59,7 +77,11 @@ impl Contender {
         match (self, held) {
             (Contender::Cas(semaphore), Held::Cas) => semaphore.release().await,
             (_, Held::Coord(permit)) => permit.release().await.expect("release"),
-            (Contender::Coord(_), Held::Cas) => unreachable!("a coord contender holds permits"),
+            (Contender::Ceiling(own), Held::Ceiling) => {
+                let (client, key) = &mut **own;
+                client.delete(key.clone(), None).await.expect("delete");
+            }
+            (_, Held::Cas | Held::Ceiling) => unreachable!("mismatched contender and permit"),
         }
     }
 }
@@ -211,6 +233,7 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
     let mut sessions = Vec::new();
     let mut cas = Vec::new();
     let mut coord = Vec::new();
+    let mut ceiling = Vec::new();
     for i in 0..CONTENDERS {
         let client = bench.client(&namespace).await;
         if i == 0 {
@@ -222,6 +245,10 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
             format!("contender-{i}"),
             conflicts.clone(),
         ))));
+        ceiling.push(Contender::Ceiling(Box::new((
+            client.etcd().clone(),
+            format!("{namespace}ceiling/{i}"),
+        ))));
         let session = Session::new(client, TTL).await.expect("session");
         let limit = Limit::Fixed(LIMIT as u32);
         coord.push(Contender::Coord(
@@ -229,14 +256,18 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         ));
         sessions.push(session);
     }
-    let variants = [("CAS JSON semaphore", cas), ("coord Semaphore", coord)];
+    let variants = [
+        ("CAS JSON semaphore", cas),
+        ("coord Semaphore", coord),
+        ("no-exclusion ceiling", ceiling),
+    ];
     for (_, contenders) in &variants {
         round(contenders, WARM_UP).await;
     }
     conflicts.store(0, Ordering::SeqCst);
 
     let mut tallies = vec![Tally::default(); variants.len()];
-    let mut health = [Health::new(), Health::new()];
+    let mut health = [Health::new(), Health::new(), Health::new()];
     let mut cas_left = 0;
     for r in 0..plan.rounds {
         for i in order(r, variants.len()) {
@@ -252,7 +283,7 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
     }
     let conflicts = conflicts.load(Ordering::SeqCst);
 
-    let (cas, coord) = (&tallies[0], &tallies[1]);
+    let (cas, coord, ceiling) = (&tallies[0], &tallies[1], &tallies[2]);
     let (cas_health, coord_health) = (&health[0], &health[1]);
     report.compare(
         &format!("{SCENARIO}: limit {LIMIT}, {CONTENDERS} contenders, acquisitions/s"),
@@ -260,6 +291,13 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         format!("{:.1}/s", coord.median()),
         Ratio::Rate(coord.median_ratio_to(cas)),
         Target::RateAtLeast(20.0),
+    );
+    report.compare(
+        &format!("{SCENARIO}: coord vs the no-exclusion ceiling (2 writes, no waiting)"),
+        format!("ceiling {:.1}/s", ceiling.median()),
+        format!("{:.1}/s", coord.median()),
+        Ratio::Rate(coord.median_ratio_to(ceiling)),
+        Target::None,
     );
     report.check(
         &format!("{SCENARIO}: holders over the limit"),
