@@ -715,7 +715,7 @@ impl Semaphore {
                     // comes, the mark is written here, in the background.
                     if certain && !self.marks_every_grant() && !lease.changes_on_grant() {
                         if expect_handoff {
-                            self.mark_unless_handed_off(ownership, holder, own_from);
+                            self.mark_unless_handed_off(ownership, holder);
                         } else {
                             self.mark_held(ownership, holder, lease).await?;
                         }
@@ -778,10 +778,10 @@ impl Semaphore {
         }
     }
 
-    /// Writes the "held" mark of a key granted without one, unless a releaser's hand-off marks it
-    /// within [`GRACE`] (watching from `from + 1`); in the background, so that the grant returns at
-    /// once. The mark is what wakes the waiter behind.
-    fn mark_unless_handed_off(&self, ownership: &Ownership, holder: &str, from: i64) {
+    /// Writes the "held" mark of a key granted without one, unless a releaser's hand-off has marked
+    /// it after [`GRACE`] (one read then); in the background, so that the grant returns at once.
+    /// The mark is what wakes the waiter behind.
+    fn mark_unless_handed_off(&self, ownership: &Ownership, holder: &str) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -789,9 +789,17 @@ impl Semaphore {
         let ownership = ownership.clone();
         let record = Record::new(holder, true, self.taken_by.as_deref()).encode();
         runtime.spawn(async move {
-            let own = wait_changed_value(&client, ownership.key().to_vec(), from + 1);
-            if tokio::time::timeout(GRACE, own).await.is_ok() {
-                return;
+            tokio::time::sleep(GRACE).await;
+            match client.get(ownership.key().to_vec(), None).await {
+                Ok(read)
+                    if read.kvs().first().is_none_or(|kv| {
+                        kv.create_revision() != ownership.token().revision()
+                            || Record::decode(kv.value()).is_some_and(|r| r.held)
+                    }) =>
+                {
+                    return;
+                }
+                _ => {}
             }
             let txn = Txn::new().when([ownership.compare()]).and_then([TxnOp::put(
                 ownership.key().to_vec(),
