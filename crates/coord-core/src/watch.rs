@@ -84,18 +84,9 @@ pub async fn wait_changed(
     key: impl Into<Vec<u8>>,
     start_revision: i64,
 ) -> Result<i64> {
-    first_event(
-        client,
-        Target {
-            key: key.into(),
-            range_end: None,
-            deletes_only: false,
-            created_before: None,
-        },
-        start_revision,
-    )
-    .await
-    .map(|woken| woken.revision)
+    wait_changed_value(client, key, start_revision)
+        .await
+        .map(|(revision, _)| revision)
 }
 
 /// Like [`wait_changed`], but also returns the key as it is after the change: `Some` with the

@@ -10,7 +10,8 @@ use coord_core::{FencingToken, Ownership, Session};
 use tokio::sync::OwnedMutexGuard;
 
 use coord_core::queue::{
-    Entry, Predecessor, Turn, first_by_create, key_lost, local_slot, newest_two, wait_for_turn,
+    Enqueued, Entry, Predecessor, Turn, first_by_create, key_lost, local_slot, newest_two,
+    wait_for_turn,
 };
 
 use crate::held::Held;
@@ -218,19 +219,36 @@ impl Mutex {
         }))
     }
 
+    /// Whether the entry's key is the head of the queue (the oldest key): from the enqueue's
+    /// newest-two read for a key it created, from a read of the head for a key that existed.
+    async fn is_head(&self, enqueued: &Enqueued, ownership: &Ownership) -> Result<bool> {
+        if enqueued.created {
+            if let Some(newest) = enqueued.reads.first().map(|r| r.kvs()) {
+                if newest.first().is_some_and(|kv| kv.key() == ownership.key()) {
+                    return Ok(newest.len() == 1);
+                }
+            }
+        }
+        let head = self
+            .session
+            .client()
+            .get(self.prefix.clone(), Some(first_by_create()))
+            .await?;
+        Ok(head.kvs().first().map(|kv| kv.create_revision()) == Some(enqueued.revision))
+    }
+
     async fn acquire(&self, local: OwnedMutexGuard<()>, wait: bool) -> Result<MutexGuard> {
-        // Go's acquire transaction, plus the two newest keys: a waiter learns its predecessor in
-        // the same request.
-        let reads = vec![
-            TxnOp::get(self.prefix.clone(), Some(first_by_create())),
-            TxnOp::get(self.prefix.clone(), Some(newest_two())),
-        ];
+        // Go's acquire transaction, reading the two newest keys instead of the head: a fresh key
+        // is the newest, so it is the head exactly when no second key shows, and otherwise the
+        // second is its predecessor. One sorted read instead of two (etcd reads every key of a
+        // range it sorts by create revision).
+        let reads = vec![TxnOp::get(self.prefix.clone(), Some(newest_two()))];
         let mut entry = Entry::enqueue_reading(&self.session, self.key.clone(), Vec::new(), reads)
             .holding(local);
         let enqueued = entry.settle().await?;
         let ownership = Ownership::new(self.key.clone(), enqueued.revision);
 
-        if enqueued.first() != Some(enqueued.revision) {
+        if !self.is_head(&enqueued, &ownership).await? {
             if !wait {
                 if enqueued.created {
                     // Our fresh key must not stay in the queue (if this fails, dropping the entry
@@ -247,7 +265,7 @@ impl Mutex {
             }
             // Predecessor watch (docs/wire-format.md); each read after a wake-up also checks that our
             // own key is still there (it vanishes with an expired session, or an operator's delete).
-            let predecessor = Predecessor::from_enqueue(&enqueued, 1, ownership.key());
+            let predecessor = Predecessor::from_enqueue(&enqueued, 0, ownership.key());
             let turn = wait_for_turn(&self.session, &self.prefix, &ownership, predecessor).await?;
             if turn != Turn::First || !self.session.is_alive() {
                 entry.forget();

@@ -24,12 +24,7 @@ async fn count(client: &coord_core::Client, prefix: &str) -> i64 {
 #[tokio::test]
 async fn at_most_limit_holders_are_granted_in_fifo_order() {
     let client = shared_client("sem_fifo").await;
-    let s: Vec<_> = futures_sessions(&client, 4).await;
-    let sems: Vec<_> = s
-        .iter()
-        .map(|s| Semaphore::new(s, "slots", Limit::Fixed(2)).unwrap())
-        .collect();
-    let prefix = sems[0].prefix().to_owned();
+    let (_sessions, sems, prefix) = slots(&client, 4, Limit::Fixed(2)).await;
 
     let p0 = sems[0].acquire().await.unwrap();
     let p1 = sems[1].acquire().await.unwrap();
@@ -70,6 +65,21 @@ async fn at_most_limit_holders_are_granted_in_fifo_order() {
     p2.release().await.unwrap();
     p3.release().await.unwrap();
     assert_eq!(count(&client, &prefix).await, 0);
+}
+
+/// `n` sessions, each with a handle on the semaphore "slots", and the queue prefix.
+async fn slots(
+    client: &coord_core::Client,
+    n: usize,
+    limit: Limit,
+) -> (Vec<coord_core::Session>, Vec<Semaphore>, String) {
+    let sessions = futures_sessions(client, n).await;
+    let sems: Vec<_> = sessions
+        .iter()
+        .map(|s| Semaphore::new(s, "slots", limit).unwrap())
+        .collect();
+    let prefix = sems[0].prefix().to_owned();
+    (sessions, sems, prefix)
 }
 
 async fn futures_sessions(client: &coord_core::Client, n: usize) -> Vec<coord_core::Session> {
@@ -127,12 +137,7 @@ async fn holders_lists_id_token_and_time() {
 #[tokio::test]
 async fn raising_the_stored_limit_wakes_waiters_and_lowering_never_evicts() {
     let client = shared_client("sem_set_limit").await;
-    let s = futures_sessions(&client, 4).await;
-    let sems: Vec<_> = s
-        .iter()
-        .map(|s| Semaphore::new(s, "slots", Limit::Stored { default: 1 }).unwrap())
-        .collect();
-    let prefix = sems[0].prefix().to_owned();
+    let (_sessions, sems, prefix) = slots(&client, 4, Limit::Stored { default: 1 }).await;
     assert_eq!(sems[0].limit().await.unwrap(), 1);
 
     let p0 = sems[0].acquire().await.unwrap();
@@ -313,12 +318,7 @@ async fn force_release_removes_a_session_holder_and_its_permit_reports_loss() {
 #[tokio::test]
 async fn a_waiter_behind_one_that_leaves_is_still_woken() {
     let client = shared_client("sem_leave").await;
-    let s = futures_sessions(&client, 4).await;
-    let sems: Vec<_> = s
-        .iter()
-        .map(|s| Semaphore::new(s, "slots", Limit::Fixed(1)).unwrap())
-        .collect();
-    let prefix = sems[0].prefix().to_owned();
+    let (s, sems, prefix) = slots(&client, 4, Limit::Fixed(1)).await;
 
     let held = sems[0].acquire().await.unwrap();
     let cancelled = tokio::spawn({
@@ -524,12 +524,7 @@ fn spawn_acquire(
 #[tokio::test]
 async fn concurrent_releases_hand_off_to_distinct_waiters() {
     let client = shared_client("sem_handoff").await;
-    let s = futures_sessions(&client, 6).await;
-    let sems: Vec<_> = s
-        .iter()
-        .map(|s| Semaphore::new(s, "slots", Limit::Fixed(3)).unwrap())
-        .collect();
-    let prefix = sems[0].prefix().to_owned();
+    let (_sessions, sems, prefix) = slots(&client, 6, Limit::Fixed(3)).await;
     let mut held = Vec::new();
     for sem in &sems[..3] {
         held.push(sem.acquire().await.unwrap());
@@ -568,12 +563,7 @@ async fn concurrent_releases_hand_off_to_distinct_waiters() {
 #[tokio::test]
 async fn permits_freed_without_a_hand_off_still_reach_the_waiters() {
     let client = shared_client("sem_no_handoff").await;
-    let s = futures_sessions(&client, 5).await;
-    let sems: Vec<_> = s
-        .iter()
-        .map(|s| Semaphore::new(s, "slots", Limit::Fixed(2)).unwrap())
-        .collect();
-    let prefix = sems[0].prefix().to_owned();
+    let (s, sems, prefix) = slots(&client, 5, Limit::Fixed(2)).await;
     let p0 = sems[0].acquire().await.unwrap();
     let p1 = sems[1].acquire().await.unwrap();
     let w2 = spawn_acquire(&sems[2]);
@@ -608,12 +598,7 @@ async fn permits_freed_without_a_hand_off_still_reach_the_waiters() {
 #[tokio::test]
 async fn a_limit_raised_by_another_tool_grants_waiters() {
     let client = shared_client("sem_foreign_limit").await;
-    let s = futures_sessions(&client, 3).await;
-    let sems: Vec<_> = s
-        .iter()
-        .map(|s| Semaphore::new(s, "slots", Limit::Stored { default: 1 }).unwrap())
-        .collect();
-    let prefix = sems[0].prefix().to_owned();
+    let (_sessions, sems, prefix) = slots(&client, 3, Limit::Stored { default: 1 }).await;
     let p0 = sems[0].acquire().await.unwrap();
     let w1 = spawn_acquire(&sems[1]);
     queue_len_becomes(&client, &prefix, 2).await;
