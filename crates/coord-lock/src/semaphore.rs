@@ -1403,7 +1403,8 @@ impl Permit {
         key_lost(&self.held.session, &self.held.ownership).await;
     }
 
-    /// Releases the permit, only if the key is still this permit's.
+    /// Releases the permit, only if the key is still this permit's, and hands it to the waiter
+    /// the release makes eligible (docs/design/semaphore.md, "Hand-off").
     ///
     /// # Errors
     ///

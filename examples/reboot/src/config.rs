@@ -89,7 +89,8 @@ pub struct ServerSettings {
     /// The address to listen on. Default `0.0.0.0:9090`. Not changed by a reload.
     pub listen: SocketAddr,
     /// The longest a FleetLock request may take, reading the body and talking to etcd included;
-    /// past it the answer is `etcd_unavailable` (503) or `request_timeout` (408). Default `10s`.
+    /// past it the answer is `etcd_unavailable` (503) or `request_timeout` (408). A client that
+    /// has not sent a request's complete headers within it is disconnected. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// The largest request body accepted; larger ones get `payload_too_large` (413). Default 4096.

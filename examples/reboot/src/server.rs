@@ -185,20 +185,56 @@ impl Server {
             .with_state(self.clone())
     }
 
-    /// Serves the routes on `listener` until `shutdown` completes, then finishes the requests in
-    /// flight.
+    /// Serves the routes on `listener` (HTTP/1.1) until `shutdown` completes, then finishes the
+    /// requests in flight. A client that has not sent a request's complete headers within the
+    /// request timeout (`server.request_timeout`) is disconnected, so slow or stalled clients
+    /// cannot hold connections open for ever.
     ///
     /// # Errors
     ///
-    /// I/O errors of the listener.
+    /// None at present: failures to accept a connection are logged and the loop goes on.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        let service = hyper_util::service::TowerToHyperService::new(self.router());
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.served().settings.request_timeout);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => {
+                    // Small request/answer exchanges: no Nagle delays.
+                    let _ = stream.set_nodelay(true);
+                    stream
+                }
+                Err(error) => {
+                    // Out of file descriptors, or a connection reset before it was accepted:
+                    // wait a moment and go on, as axum::serve does.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let connection =
+                http.serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        graceful.shutdown().await;
+        Ok(())
     }
 
     fn served(&self) -> Arc<Served> {

@@ -611,6 +611,39 @@ async fn a_body_that_never_arrives_times_out_with_408() {
     assert_eq!((status, kind(&body).as_str()), (408, "request_timeout"));
 }
 
+/// A client that never finishes its headers (a slow-headers attack, or a stalled peer) is
+/// disconnected after the request timeout instead of holding the connection for ever; the server
+/// goes on answering others.
+#[tokio::test]
+async fn headers_that_never_end_get_the_connection_closed() {
+    let etcd = coord_testkit::shared().await.unwrap();
+    let namespace = coord_testkit::unique_namespace("fl_slow_headers");
+    let config = Config::from_toml(&format!(
+        "[server]\nrequest_timeout = \"1s\"\n[etcd]\nendpoints = {:?}\nnamespace = {namespace:?}\n\
+         [groups.default]\nslots = 1\n",
+        etcd.endpoints()
+    ))
+    .unwrap();
+    let base = serve(Server::start(&config).await.unwrap()).await;
+    let addr = format!("{}:{}", base.host_str().unwrap(), base.port().unwrap());
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stalled
+        .write_all(b"POST /v1/pre-reboot HTTP/1.1\r\nhost: x\r\nfleet-lock-protocol: true\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(BOUND, stalled.read_to_end(&mut rest))
+        .await
+        .expect("the stalled connection was never closed")
+        .ok();
+    let (status, _) = raw(
+        &base,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
 #[tokio::test]
 async fn etcd_down_is_a_503_and_not_ready() {
     let mut etcd = coord_testkit::Etcd::start().await.unwrap();
