@@ -87,6 +87,15 @@ async fn discovery_works_within_the_role_prefix_and_reports_denial_outside_it() 
     let snapshot = forbidden.snapshot();
     assert!(!snapshot.is_ready());
     assert!(snapshot.error.as_deref().is_some_and(denied));
+    // A consumer of changes hears of the refusal too, instead of waiting for ever.
+    let err = tokio::time::timeout(BOUND, forbidden.changes().next())
+        .await
+        .expect("a denied change stream must say so, not wait for ever")
+        .unwrap_err();
+    assert!(
+        matches!(&err, ServiceError::Follow { source, .. } if denied(source)),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]

@@ -442,6 +442,8 @@ impl<T> Discovery<T> {
             receiver,
             last: Arc::new(ServiceSet::empty()),
             pending: VecDeque::new(),
+            service: self.service.to_string(),
+            reported: None,
         }
     }
 }
@@ -457,6 +459,9 @@ pub struct Changes<T> {
     receiver: watch::Receiver<Arc<ServiceSet<T>>>,
     last: Arc<ServiceSet<T>>,
     pending: VecDeque<Change<T>>,
+    service: String,
+    /// The follow error last returned, so that each is returned once.
+    reported: Option<Arc<coord_core::Error>>,
 }
 
 impl<T> std::fmt::Debug for Changes<T> {
@@ -473,7 +478,10 @@ impl<T> Changes<T> {
     ///
     /// # Errors
     ///
-    /// [`ServiceError::Shutdown`] when the discovery's task is gone.
+    /// [`ServiceError::Shutdown`] when the discovery's task is gone;
+    /// [`ServiceError::Follow`] when etcd refuses to let the service be read (a permission denied,
+    /// an authentication failure) — returned once per such refusal, after the changes before it;
+    /// the next call waits for further changes.
     ///
     /// # Cancel safety
     ///
@@ -496,7 +504,23 @@ impl<T> Changes<T> {
                 .map_err(|_| ServiceError::Shutdown)?;
             let set = self.receiver.borrow_and_update().clone();
             diff(&self.last, &set, &mut self.pending);
+            let refused = set.error.clone();
             self.last = set;
+            let Some(source) = refused else {
+                self.reported = None;
+                continue;
+            };
+            let new = !self
+                .reported
+                .as_ref()
+                .is_some_and(|seen| Arc::ptr_eq(seen, &source));
+            if new && self.pending.is_empty() {
+                self.reported = Some(source.clone());
+                return Err(ServiceError::Follow {
+                    service: self.service.clone(),
+                    source,
+                });
+            }
         }
     }
 
@@ -505,7 +529,8 @@ impl<T> Changes<T> {
         &self.last
     }
 
-    /// The changes as a [`Stream`], ending when the discovery's task is gone.
+    /// The changes as a [`Stream`], ending when the discovery's task is gone or etcd refuses to
+    /// let the service be read ([`next`](Self::next) returns why).
     ///
     /// ```no_run
     /// # async fn demo(api: coord_discovery::service::Discovery<()>) {
