@@ -71,6 +71,12 @@ pub struct Fenced {
     pub semaphore_permits: usize,
     /// The most permits whose writes overlapped (≤ the limit).
     pub semaphore_max_overlap: usize,
+    /// Applied fenced writes of the stored-limit semaphore's holders (permits and durable slots).
+    pub stored_writes: usize,
+    /// Distinct holders of the stored-limit semaphore that wrote.
+    pub stored_holders: usize,
+    /// The most of them whose writes overlapped (≤ the limit + 1: the stored limit moves).
+    pub stored_max_overlap: usize,
     /// Applied fenced leader writes.
     pub leader_writes: usize,
     /// Distinct terms that wrote.
@@ -187,6 +193,16 @@ impl fmt::Display for Report {
             f,
             "  semaphore  {} writes by {} permits, max overlap {} (limit {})",
             x.semaphore_writes, x.semaphore_permits, x.semaphore_max_overlap, self.semaphore_limit
+        )?;
+        writeln!(
+            f,
+            "  semaphore with a stored limit ({}–{}), permits and durable slots: {} writes by {} \
+             holders, max overlap {}",
+            self.semaphore_limit,
+            self.semaphore_limit + 1,
+            x.stored_writes,
+            x.stored_holders,
+            x.stored_max_overlap
         )?;
         writeln!(
             f,

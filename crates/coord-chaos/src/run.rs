@@ -75,6 +75,14 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
         ));
         workers.push((
             node.index,
+            "semaphore-stored",
+            tokio::spawn(actors::semaphore::run_stored(
+                ctx(5),
+                options.semaphore_limit,
+            )),
+        ));
+        workers.push((
+            node.index,
             "election",
             tokio::spawn(actors::election::run(ctx(3))),
         ));
@@ -182,6 +190,7 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
     for name in [
         actors::mutex::NAME,
         actors::semaphore::NAME,
+        actors::semaphore::STORED_NAME,
         actors::election::NAME,
     ] {
         match prefix_empties(&lab.observer, &format!("{name}/"), cleanup_bound).await {
@@ -245,6 +254,9 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
     let sem_log = check::read_log(&lab.observer, actors::semaphore::LOG)
         .await
         .map_err(Error::Setup)?;
+    let stored_log = check::read_log(&lab.observer, actors::semaphore::STORED_LOG)
+        .await
+        .map_err(Error::Setup)?;
     let leader_log = check::read_log(&lab.observer, actors::election::LOG)
         .await
         .map_err(Error::Setup)?;
@@ -253,10 +265,14 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
     check::counter(&mutex_log, counter, &mut violations);
     let overlap = check::limited(&sem_log, options.semaphore_limit, &mut violations);
     let permits: HashSet<i64> = sem_log.iter().map(|e| e.record.token).collect();
+    // The stored limit moves between the limit and one more; lowering it never evicts.
+    let stored_overlap = check::limited(&stored_log, options.semaphore_limit + 1, &mut violations);
+    let stored_holders: HashSet<i64> = stored_log.iter().map(|e| e.record.token).collect();
     let terms = check::exclusive("election", &leader_log, &mut violations);
     let applied: HashSet<String> = mutex_log
         .iter()
         .chain(&sem_log)
+        .chain(&stored_log)
         .chain(&leader_log)
         .map(|e| e.key.clone())
         .collect();
@@ -270,6 +286,9 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
         semaphore_writes: sem_log.len(),
         semaphore_permits: permits.len(),
         semaphore_max_overlap: overlap,
+        stored_writes: stored_log.len(),
+        stored_holders: stored_holders.len(),
+        stored_max_overlap: stored_overlap,
         leader_writes: leader_log.len(),
         terms: terms.terms,
     };

@@ -48,6 +48,10 @@ async fn a_short_chaos_run_finds_no_violation() {
         report.fenced.counter > 0 && report.fenced.terms > 1,
         "{report}"
     );
+    assert!(
+        report.fenced.semaphore_writes > 0 && report.fenced.stored_writes > 0,
+        "{report}"
+    );
     let faults: u64 = report.faults.values().sum();
     assert!(faults >= 5, "only {faults} faults injected:\n{report}");
     assert!(

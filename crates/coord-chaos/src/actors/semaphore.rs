@@ -1,9 +1,11 @@
-//! The Semaphore actor: acquire a permit (fixed limit), two or three fenced writes spread over
-//! the hold, release. The checker bounds how many permits' write intervals overlap.
+//! The Semaphore actors: acquire a permit (fixed limit; or, in [`run_stored`], a stored limit that
+//! changes at run time, as a permit or a durable slot), two or three fenced writes spread over the
+//! hold, release. The checker bounds how many holders' write intervals overlap.
 
 use std::time::Duration;
 
-use coord_lock::{Error as LockError, Limit, Semaphore};
+use coord_core::Ownership;
+use coord_lock::{Durability, Error as LockError, Limit, Semaphore};
 
 use super::{Ctx, LogRecord, Written, maybe_timeout, session};
 use crate::history::{OpKind, Outcome};
@@ -99,5 +101,164 @@ pub async fn run(mut ctx: Ctx, limit: u32) {
         if !ctx.work(pause).await {
             break;
         }
+    }
+}
+
+/// The stored-limit semaphore's name.
+pub const STORED_NAME: &str = "sem-stored";
+/// The prefix of its holders' log keys.
+pub const STORED_LOG: &str = "sem-stored-log/";
+
+/// A holder of the stored-limit semaphore: a session-bound permit or a durable slot.
+enum Holding {
+    Permit(coord_lock::Permit),
+    Durable(coord_lock::DurableSlot),
+}
+
+impl Holding {
+    fn ownership(&self) -> Ownership {
+        match self {
+            Holding::Permit(permit) => permit.ownership().clone(),
+            Holding::Durable(slot) => Ownership::new(slot.key(), slot.token().revision()),
+        }
+    }
+}
+
+/// Runs until stopped: the semaphore [`STORED_NAME`] with a limit stored in etcd that every
+/// actor moves between `limit` and `limit + 1` now and then (`set_limit`, which never evicts),
+/// taken half the time as a session-bound permit and half the time as a durable slot under the
+/// client's own id (`acquire_as` / `release_as`); fenced writes as [`run`]'s. The checker bounds
+/// the overlap by `limit + 1`.
+pub async fn run_stored(mut ctx: Ctx, limit: u32) {
+    let mut seq = 0u64;
+    let id = format!("c{}", ctx.client());
+    while let Some(session) = session(&mut ctx).await {
+        let semaphore =
+            match Semaphore::new(&session, STORED_NAME, Limit::Stored { default: limit }) {
+                Ok(semaphore) => semaphore,
+                Err(e) => {
+                    tracing::error!(error = %e, "bad semaphore");
+                    return;
+                }
+            };
+        if ctx.rng.below(6) == 0 {
+            let to = limit + ctx.rng.below(2) as u32;
+            if let Err(e) = semaphore.set_limit(to).await {
+                tracing::debug!(error = %e, "set_limit");
+            }
+        }
+        let durable = ctx.rng.below(2) == 0;
+        let bound = maybe_timeout(&mut ctx.rng);
+        let acquire = async {
+            if durable {
+                let slot = semaphore.acquire_as(&id, Durability::UntilReleased);
+                match bound {
+                    Some(b) => tokio::time::timeout(b, slot)
+                        .await
+                        .unwrap_or(Err(LockError::TimedOut {
+                            name: STORED_NAME.to_owned(),
+                            after: b,
+                        }))
+                        .map(Holding::Durable),
+                    None => slot.await.map(Holding::Durable),
+                }
+            } else {
+                match bound {
+                    Some(b) => semaphore.acquire_timeout(b).await,
+                    None => semaphore.acquire().await,
+                }
+                .map(Holding::Permit)
+            }
+        };
+        let acquired = tokio::select! {
+            () = ctx.stop.cancelled() => break,
+            r = acquire => r,
+        };
+        let holding = match acquired {
+            Ok(holding) => {
+                ctx.history
+                    .op(ctx.client(), OpKind::SemaphoreAcquire, Outcome::Ok, None);
+                holding
+            }
+            Err(e) => {
+                match e {
+                    LockError::TimedOut { .. } => ctx.history.op(
+                        ctx.client(),
+                        OpKind::SemaphoreAcquire,
+                        Outcome::Cancelled,
+                        None,
+                    ),
+                    e => ctx
+                        .history
+                        .failed(ctx.client(), OpKind::SemaphoreAcquire, None, &e),
+                }
+                // A durable grant may have been written before the failure: give it back.
+                if durable {
+                    let _ = semaphore.release_as(&id).await;
+                }
+                ctx.work(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ownership = holding.ownership();
+        let writes = 2 + ctx.rng.below(2);
+        for i in 0..writes {
+            seq += 1;
+            let log_key = format!("{STORED_LOG}c{}-{seq:07}", ctx.client());
+            let record = LogRecord {
+                client: ctx.client(),
+                token: ownership.token().revision(),
+                value: None,
+            };
+            let written = ctx
+                .fenced_write(
+                    OpKind::SemaphoreWrite,
+                    &ownership,
+                    log_key,
+                    &record,
+                    Vec::new(),
+                )
+                .await;
+            if written != Written::Accepted || i + 1 == writes {
+                break;
+            }
+            let work = ctx
+                .rng
+                .duration(Duration::from_millis(10), Duration::from_millis(150));
+            if !ctx.work(work).await {
+                break;
+            }
+        }
+        let released = match holding {
+            Holding::Permit(permit) => permit.release().await,
+            Holding::Durable(_) => semaphore.release_as(&id).await,
+        };
+        match released {
+            Ok(()) => ctx
+                .history
+                .op(ctx.client(), OpKind::SemaphoreRelease, Outcome::Ok, None),
+            Err(LockError::NotHeld { .. }) => ctx.history.op(
+                ctx.client(),
+                OpKind::SemaphoreRelease,
+                Outcome::Rejected,
+                None,
+            ),
+            Err(e) => ctx
+                .history
+                .failed(ctx.client(), OpKind::SemaphoreRelease, None, &e),
+        }
+        let pause = ctx.rng.duration(Duration::ZERO, Duration::from_millis(150));
+        if !ctx.work(pause).await {
+            break;
+        }
+    }
+    // A durable slot outlives sessions: never leave one behind.
+    let admin = coord_lock::SemaphoreAdmin::new(
+        &ctx.node.client,
+        STORED_NAME,
+        Limit::Stored { default: limit },
+    );
+    if let Ok(admin) = admin {
+        let _ = admin.release_as(&id).await;
     }
 }
