@@ -590,17 +590,22 @@ async fn bad_input_gets_a_specific_4xx_with_a_json_kind_and_writes_nothing() {
     assert!(fleet.holders("default").await.is_empty());
 }
 
-#[tokio::test]
-async fn a_body_that_never_arrives_times_out_with_408() {
+/// A server with `request_timeout = "1s"` and one group of one slot, in a namespace of its own.
+async fn serve_with_one_second_timeout(label: &str) -> Url {
     let etcd = coord_testkit::shared().await.unwrap();
-    let namespace = coord_testkit::unique_namespace("fl_slow_body");
+    let namespace = coord_testkit::unique_namespace(label);
     let config = Config::from_toml(&format!(
         "[server]\nrequest_timeout = \"1s\"\n[etcd]\nendpoints = {:?}\nnamespace = {namespace:?}\n\
          [groups.default]\nslots = 1\n",
         etcd.endpoints()
     ))
     .unwrap();
-    let base = serve(Server::start(&config).await.unwrap()).await;
+    serve(Server::start(&config).await.unwrap()).await
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_times_out_with_408() {
+    let base = serve_with_one_second_timeout("fl_slow_body").await;
     // 100 bytes announced, 1 sent, the connection kept open.
     let (status, body) = raw(
         &base,
@@ -616,15 +621,7 @@ async fn a_body_that_never_arrives_times_out_with_408() {
 /// goes on answering others.
 #[tokio::test]
 async fn headers_that_never_end_get_the_connection_closed() {
-    let etcd = coord_testkit::shared().await.unwrap();
-    let namespace = coord_testkit::unique_namespace("fl_slow_headers");
-    let config = Config::from_toml(&format!(
-        "[server]\nrequest_timeout = \"1s\"\n[etcd]\nendpoints = {:?}\nnamespace = {namespace:?}\n\
-         [groups.default]\nslots = 1\n",
-        etcd.endpoints()
-    ))
-    .unwrap();
-    let base = serve(Server::start(&config).await.unwrap()).await;
+    let base = serve_with_one_second_timeout("fl_slow_headers").await;
     let addr = format!("{}:{}", base.host_str().unwrap(), base.port().unwrap());
     let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
     stalled

@@ -53,52 +53,9 @@ pub async fn run(mut ctx: Ctx, limit: u32) {
                 continue;
             }
         };
-        let writes = 2 + ctx.rng.below(2);
-        for i in 0..writes {
-            seq += 1;
-            let log_key = format!("{LOG}c{}-{seq:07}", ctx.client());
-            let record = LogRecord {
-                client: ctx.client(),
-                token: permit.token().revision(),
-                value: None,
-            };
-            let written = ctx
-                .fenced_write(
-                    OpKind::SemaphoreWrite,
-                    permit.ownership(),
-                    log_key,
-                    &record,
-                    Vec::new(),
-                )
-                .await;
-            if written != Written::Accepted || i + 1 == writes {
-                break;
-            }
-            let work = ctx
-                .rng
-                .duration(Duration::from_millis(10), Duration::from_millis(150));
-            if !ctx.work(work).await {
-                break;
-            }
-        }
-        match permit.release().await {
-            Ok(()) => ctx
-                .history
-                .op(ctx.client(), OpKind::SemaphoreRelease, Outcome::Ok, None),
-            Err(LockError::NotHeld { .. }) => {
-                ctx.history.op(
-                    ctx.client(),
-                    OpKind::SemaphoreRelease,
-                    Outcome::Rejected,
-                    None,
-                );
-            }
-            Err(e) => ctx
-                .history
-                .failed(ctx.client(), OpKind::SemaphoreRelease, None, &e),
-        }
-        let pause = ctx.rng.duration(Duration::ZERO, Duration::from_millis(150));
-        if !ctx.work(pause).await {
+        hold(&mut ctx, permit.ownership(), LOG, &mut seq).await;
+        let released = permit.release().await;
+        if !released_then_pause(&mut ctx, released).await {
             break;
         }
     }
@@ -201,54 +158,12 @@ pub async fn run_stored(mut ctx: Ctx, limit: u32) {
             }
         };
         let ownership = holding.ownership();
-        let writes = 2 + ctx.rng.below(2);
-        for i in 0..writes {
-            seq += 1;
-            let log_key = format!("{STORED_LOG}c{}-{seq:07}", ctx.client());
-            let record = LogRecord {
-                client: ctx.client(),
-                token: ownership.token().revision(),
-                value: None,
-            };
-            let written = ctx
-                .fenced_write(
-                    OpKind::SemaphoreWrite,
-                    &ownership,
-                    log_key,
-                    &record,
-                    Vec::new(),
-                )
-                .await;
-            if written != Written::Accepted || i + 1 == writes {
-                break;
-            }
-            let work = ctx
-                .rng
-                .duration(Duration::from_millis(10), Duration::from_millis(150));
-            if !ctx.work(work).await {
-                break;
-            }
-        }
+        hold(&mut ctx, &ownership, STORED_LOG, &mut seq).await;
         let released = match holding {
             Holding::Permit(permit) => permit.release().await,
             Holding::Durable(_) => semaphore.release_as(&id).await,
         };
-        match released {
-            Ok(()) => ctx
-                .history
-                .op(ctx.client(), OpKind::SemaphoreRelease, Outcome::Ok, None),
-            Err(LockError::NotHeld { .. }) => ctx.history.op(
-                ctx.client(),
-                OpKind::SemaphoreRelease,
-                Outcome::Rejected,
-                None,
-            ),
-            Err(e) => ctx
-                .history
-                .failed(ctx.client(), OpKind::SemaphoreRelease, None, &e),
-        }
-        let pause = ctx.rng.duration(Duration::ZERO, Duration::from_millis(150));
-        if !ctx.work(pause).await {
+        if !released_then_pause(&mut ctx, released).await {
             break;
         }
     }
@@ -261,4 +176,57 @@ pub async fn run_stored(mut ctx: Ctx, limit: u32) {
     if let Ok(admin) = admin {
         let _ = admin.release_as(&id).await;
     }
+}
+
+/// The hold: 2–3 fenced writes of `log` + `<client>-<seq>`, 10–150 ms apart, until one is not
+/// accepted or the actor is stopped.
+async fn hold(ctx: &mut Ctx, ownership: &Ownership, log: &str, seq: &mut u64) {
+    let writes = 2 + ctx.rng.below(2);
+    for i in 0..writes {
+        *seq += 1;
+        let log_key = format!("{log}c{}-{:07}", ctx.client(), *seq);
+        let record = LogRecord {
+            client: ctx.client(),
+            token: ownership.token().revision(),
+            value: None,
+        };
+        let written = ctx
+            .fenced_write(
+                OpKind::SemaphoreWrite,
+                ownership,
+                log_key,
+                &record,
+                Vec::new(),
+            )
+            .await;
+        if written != Written::Accepted || i + 1 == writes {
+            break;
+        }
+        let work = ctx
+            .rng
+            .duration(Duration::from_millis(10), Duration::from_millis(150));
+        if !ctx.work(work).await {
+            break;
+        }
+    }
+}
+
+/// Records a release's outcome, then pauses 0–150 ms; `false` once the actor is stopped.
+async fn released_then_pause(ctx: &mut Ctx, released: Result<(), LockError>) -> bool {
+    match released {
+        Ok(()) => ctx
+            .history
+            .op(ctx.client(), OpKind::SemaphoreRelease, Outcome::Ok, None),
+        Err(LockError::NotHeld { .. }) => ctx.history.op(
+            ctx.client(),
+            OpKind::SemaphoreRelease,
+            Outcome::Rejected,
+            None,
+        ),
+        Err(e) => ctx
+            .history
+            .failed(ctx.client(), OpKind::SemaphoreRelease, None, &e),
+    }
+    let pause = ctx.rng.duration(Duration::ZERO, Duration::from_millis(150));
+    ctx.work(pause).await
 }
