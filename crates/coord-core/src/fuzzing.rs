@@ -167,33 +167,39 @@ fn check_verdict(
     }
 }
 
-/// Reads fixed-size fields from the front of fuzz input, padding with zeros once it runs out.
+/// Reads fields from the front of fuzz input, padding with zeros once it runs out; shared by the
+/// fuzz entry points of every crate.
 #[derive(Debug)]
-struct Input<'a> {
+pub struct Input<'a> {
     data: &'a [u8],
 }
 
 impl<'a> Input<'a> {
-    fn new(data: &'a [u8]) -> Input<'a> {
+    /// A reader over `data`.
+    pub fn new(data: &'a [u8]) -> Input<'a> {
         Input { data }
     }
 
-    fn take(&mut self, n: usize) -> &'a [u8] {
+    /// The next `n` bytes, or fewer once the input runs out.
+    pub fn take(&mut self, n: usize) -> &'a [u8] {
         let n = n.min(self.data.len());
         let (head, tail) = self.data.split_at(n);
         self.data = tail;
         head
     }
 
-    fn byte(&mut self) -> u8 {
+    /// The next byte, 0 past the end.
+    pub fn byte(&mut self) -> u8 {
         self.take(1).first().copied().unwrap_or(0)
     }
 
-    fn u16(&mut self) -> u16 {
+    /// The next two bytes, big-endian.
+    pub fn u16(&mut self) -> u16 {
         u16::from_be_bytes(self.array())
     }
 
-    fn array<const N: usize>(&mut self) -> [u8; N] {
+    /// The next `N` bytes, zero-padded.
+    pub fn array<const N: usize>(&mut self) -> [u8; N] {
         let mut out = [0; N];
         for (slot, byte) in out.iter_mut().zip(self.take(N)) {
             *slot = *byte;
@@ -201,7 +207,14 @@ impl<'a> Input<'a> {
         out
     }
 
-    fn rest(&mut self) -> &'a [u8] {
+    /// A length byte, then that many bytes as (lossy) UTF-8.
+    pub fn string(&mut self) -> String {
+        let len = usize::from(self.byte());
+        String::from_utf8_lossy(self.take(len)).into_owned()
+    }
+
+    /// Everything left.
+    pub fn rest(&mut self) -> &'a [u8] {
         self.take(self.data.len())
     }
 }

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use coord_core::fuzzing::Input;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -442,43 +443,6 @@ fn describe(result: Result<(), &ConfigError>) -> String {
     match result {
         Ok(()) => "accepted".to_owned(),
         Err(e) => format!("{e:?}"),
-    }
-}
-
-/// Reads fields from the front of fuzz input, padding with zeros once it runs out.
-#[derive(Debug)]
-struct Input<'a> {
-    data: &'a [u8],
-}
-
-impl<'a> Input<'a> {
-    fn new(data: &'a [u8]) -> Input<'a> {
-        Input { data }
-    }
-
-    fn take(&mut self, n: usize) -> &'a [u8] {
-        let n = n.min(self.data.len());
-        let (head, tail) = self.data.split_at(n);
-        self.data = tail;
-        head
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.take(1).first().copied().unwrap_or(0)
-    }
-
-    fn array<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0; N];
-        for (slot, byte) in out.iter_mut().zip(self.take(N)) {
-            *slot = *byte;
-        }
-        out
-    }
-
-    /// A length byte, then that many bytes as (lossy) UTF-8.
-    fn string(&mut self) -> String {
-        let len = usize::from(self.byte());
-        String::from_utf8_lossy(self.take(len)).into_owned()
     }
 }
 
