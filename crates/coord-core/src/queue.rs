@@ -178,12 +178,14 @@ impl Entry {
         self
     }
 
-    /// Waits for the enqueue transaction.
+    /// Waits for the enqueue transaction. Transient failures (a connection reset, a timeout) are
+    /// retried within the client's request timeout; the transaction is safe to repeat, and a key of
+    /// this lease and value found by a retry counts as created by this call.
     ///
     /// # Errors
     ///
     /// [`Error::SessionLost`] when the session's lease no longer exists; the request's own errors
-    /// (the key is then removed if it was written after all); [`Error::Shutdown`] when called
+    /// once retries are exhausted (the key is then removed if it was written after all); [`Error::Shutdown`] when called
     /// again after the entry settled.
     ///
     /// # Cancel safety
@@ -287,7 +289,7 @@ async fn enqueue(
     reads: Vec<TxnOp>,
 ) -> Result<Enqueued> {
     let put = PutOptions::new().with_lease(lease.get());
-    let then: Vec<TxnOp> = std::iter::once(TxnOp::put(key.clone(), value, Some(put)))
+    let then: Vec<TxnOp> = std::iter::once(TxnOp::put(key.clone(), value.clone(), Some(put)))
         .chain(reads.iter().cloned())
         .collect();
     let otherwise: Vec<TxnOp> = std::iter::once(TxnOp::get(key.clone(), None))
@@ -297,18 +299,50 @@ async fn enqueue(
         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
         .and_then(then)
         .or_else(otherwise);
-    let resp = match client.txn(txn).await {
-        Ok(resp) => resp,
-        // The put names a lease that is gone: the session expired under us.
-        Err(e) if is_lease_not_found(&e) => return Err(Error::SessionLost { lease_id: lease }),
-        Err(e) => return Err(e),
-    };
+    // The transaction is safe to send again: if an attempt whose answer was lost (a connection
+    // reset after the commit) created the key, the next one finds it. Transient failures are
+    // retried within the request timeout.
+    let uncertain = std::sync::atomic::AtomicBool::new(false);
+    let resp = RetryPolicy::new()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_millis(500))
+        .with_max_elapsed(Some(client.request_timeout()))
+        .retry(|| async {
+            match client.txn(txn.clone()).await {
+                Ok(resp) => Ok(resp),
+                // The put names a lease that is gone: the session expired under us.
+                Err(e) if is_lease_not_found(&e) => Err(Error::SessionLost { lease_id: lease }),
+                Err(e) => {
+                    uncertain.store(true, std::sync::atomic::Ordering::Relaxed);
+                    Err(e)
+                }
+            }
+        })
+        .await?;
     let header_revision = resp.header().map_or(0, |h| h.revision());
     let mut responses = resp.op_responses().into_iter();
-    let existing = match responses.next() {
+    let mut existing = match responses.next() {
         Some(TxnOpResponse::Get(get)) if !resp.succeeded() => get.kvs().first().cloned(),
         _ => None,
     };
+    let created = resp.succeeded();
+    // An earlier attempt may have written the key after all: a key of this lease with this
+    // value is then this call's own.
+    if uncertain.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(kv) = existing.take_if(|kv| kv.lease() == lease.get() && kv.value() == value) {
+            return Ok(Enqueued {
+                revision: kv.create_revision(),
+                created: true,
+                existing_value: None,
+                reads: responses
+                    .filter_map(|r| match r {
+                        TxnOpResponse::Get(get) => Some(get),
+                        _ => None,
+                    })
+                    .collect(),
+            });
+        }
+    }
     let reads = responses
         .filter_map(|r| match r {
             TxnOpResponse::Get(get) => Some(get),
@@ -320,7 +354,7 @@ async fn enqueue(
         .map_or(header_revision, |kv| kv.create_revision());
     Ok(Enqueued {
         revision,
-        created: resp.succeeded(),
+        created,
         existing_value: existing.map(|kv| kv.value().to_vec()),
         reads,
     })
