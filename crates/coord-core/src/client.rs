@@ -113,14 +113,15 @@ fn is_connect_failure(error: &etcd_client::Error) -> bool {
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    etcd: etcd_client::Client,
-    /// The KV sub-client, cloned per request (cheaper than cloning the whole client).
-    kv: etcd_client::KvClient,
+    /// Everything behind one `Arc`: cloning an `etcd_client::Client` clones each of its gRPC
+    /// sub-clients (~5 µs), and queue entries and background tasks clone the client often.
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
 struct Shared {
+    etcd: etcd_client::Client,
+    /// The KV sub-client, cloned per request (cheaper than cloning the whole client).
+    kv: etcd_client::KvClient,
     /// The multiplexed watch stream of this client (and its clones).
     hub: crate::hub::Hub,
     namespace: String,
@@ -167,9 +168,9 @@ impl Client {
             })?
             .map_err(|e| Error::from_etcd("connect", e))?;
         Ok(Client {
-            kv: etcd.kv_client(),
-            etcd,
             shared: Arc::new(Shared {
+                kv: etcd.kv_client(),
+                etcd,
                 hub: crate::hub::Hub::default(),
                 identity: config.identity(),
                 namespace: config.namespace,
@@ -182,9 +183,9 @@ impl Client {
     /// Wraps an etcd-client connection made elsewhere (no namespace, default request timeout).
     pub fn from_etcd(etcd: etcd_client::Client) -> Client {
         Client {
-            kv: etcd.kv_client(),
-            etcd,
             shared: Arc::new(Shared {
+                kv: etcd.kv_client(),
+                etcd,
                 hub: crate::hub::Hub::default(),
                 namespace: String::new(),
                 endpoints: Vec::new(),
@@ -203,7 +204,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn etcd(&self) -> &etcd_client::Client {
-        &self.etcd
+        &self.shared.etcd
     }
 
     /// The key namespace (may be empty).
@@ -225,6 +226,7 @@ impl Client {
         // A catch-up after a long disconnect can be one large response: allow what a range read may
         // return rather than tonic's 4 MiB default.
         let watch = self
+            .shared
             .etcd
             .watch_client()
             .max_decoding_message_size(256 * 1024 * 1024);
@@ -283,7 +285,7 @@ impl Client {
         F: FnMut(etcd_client::Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        self.call(&self.etcd, operation, Replay::IfNeverSent, f)
+        self.call(&self.shared.etcd, operation, Replay::IfNeverSent, f)
             .await
     }
 
@@ -302,7 +304,7 @@ impl Client {
         F: FnMut(etcd_client::Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        self.call(&self.etcd, operation, Replay::IfUnavailable, f)
+        self.call(&self.shared.etcd, operation, Replay::IfUnavailable, f)
             .await
     }
 
@@ -359,7 +361,7 @@ impl Client {
         options: Option<GetOptions>,
     ) -> Result<GetResponse> {
         let key = key.into();
-        self.call(&self.kv, "get", Replay::IfUnavailable, |mut etcd| {
+        self.call(&self.shared.kv, "get", Replay::IfUnavailable, |mut etcd| {
             let (key, options) = (key.clone(), options.clone());
             async move { etcd.get(key, options).await }
         })
@@ -382,7 +384,7 @@ impl Client {
         options: Option<PutOptions>,
     ) -> Result<PutResponse> {
         let (key, value) = (key.into(), value.into());
-        self.call(&self.kv, "put", Replay::IfNeverSent, |mut etcd| {
+        self.call(&self.shared.kv, "put", Replay::IfNeverSent, |mut etcd| {
             let (key, value, options) = (key.clone(), value.clone(), options.clone());
             async move { etcd.put(key, value, options).await }
         })
@@ -404,10 +406,15 @@ impl Client {
         options: Option<DeleteOptions>,
     ) -> Result<DeleteResponse> {
         let key = key.into();
-        self.call(&self.kv, "delete", Replay::IfNeverSent, |mut etcd| {
-            let (key, options) = (key.clone(), options.clone());
-            async move { etcd.delete(key, options).await }
-        })
+        self.call(
+            &self.shared.kv,
+            "delete",
+            Replay::IfNeverSent,
+            |mut etcd| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { etcd.delete(key, options).await }
+            },
+        )
         .await
     }
 
@@ -425,7 +432,7 @@ impl Client {
     /// not have been applied. The request is never cancelled on the wire because etcd 3.5.0–3.5.4
     /// crash when a read-only transaction is cancelled while they run it (etcd-io/etcd#14110).
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        self.call(&self.kv, "txn", Replay::IfNeverSent, |mut etcd| {
+        self.call(&self.shared.kv, "txn", Replay::IfNeverSent, |mut etcd| {
             let txn = txn.clone();
             detached(async move { etcd.txn(txn).await })
         })
