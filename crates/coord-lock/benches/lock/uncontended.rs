@@ -1,6 +1,11 @@
 //! Scenario `mutex-uncontended`: one holder taking and releasing a lock nobody else wants, against
 //! the raw floor (one create transaction + one delete, the least any etcd lock can send) and
 //! against the etcd server's Lock/Unlock RPC. Each variant keeps one session for all its cycles.
+//!
+//! A fourth variant, "coord's requests, raw", sends exactly the requests coord's Mutex sends (Go's
+//! acquire transaction reading the two newest keys, and the delete guarded by the create
+//! revision) straight through etcd-client: it splits coord's distance from the floor into what
+//! etcd does for those requests and what coord's client code adds.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +32,14 @@ enum Cycle {
     },
     Coord {
         mutex: Mutex,
+    },
+    /// coord's requests without coord: `if create_revision(k) == 0 then put(k, lease) +
+    /// get(newest two) else get(k) + get(newest two)`, then `if create_revision(k) == rev then
+    /// delete(k)`.
+    Requests {
+        kv: KvClient,
+        key: String,
+        prefix: String,
     },
     /// The server runs Go's `concurrency.Mutex` for us.
     Server {
@@ -57,6 +70,33 @@ impl Variant {
                 assert!(created, "the floor's key was left behind");
                 kv.delete(key.clone(), None).await.expect("delete");
             }
+            Cycle::Requests { kv, key, prefix } => {
+                let newest_two =
+                    || TxnOp::get(prefix.clone(), Some(coord_core::queue::newest_two()));
+                let create = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([
+                        TxnOp::put(
+                            key.clone(),
+                            "",
+                            Some(PutOptions::new().with_lease(self.lease)),
+                        ),
+                        newest_two(),
+                    ])
+                    .or_else([TxnOp::get(key.clone(), None), newest_two()]);
+                let created = kv.txn(create).await.expect("create txn");
+                assert!(created.succeeded(), "the variant's key was left behind");
+                let revision = created.header().expect("header").revision();
+                let delete = Txn::new()
+                    .when([Compare::create_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        revision,
+                    )])
+                    .and_then([TxnOp::delete(key.clone(), None)]);
+                let deleted = kv.txn(delete).await.expect("delete txn");
+                assert!(deleted.succeeded(), "the guarded delete missed its key");
+            }
             Cycle::Coord { mutex } => {
                 let guard = mutex.lock().await.expect("lock");
                 guard.unlock().await.expect("unlock");
@@ -85,7 +125,12 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
     let plan = bench.plan(2.0, 6);
     let namespace = coord_testkit::unique_namespace("bench-uncontended");
     let mut variants = Vec::new();
-    for label in ["raw floor", "coord Mutex", "server Lock RPC"] {
+    for label in [
+        "raw floor",
+        "coord Mutex",
+        "server Lock RPC",
+        "coord's requests, raw",
+    ] {
         let client = bench.client(&namespace).await;
         let session = Session::new(client.clone(), TTL).await.expect("session");
         let lease = session.lease_id().get();
@@ -96,6 +141,11 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
             },
             "coord Mutex" => Cycle::Coord {
                 mutex: Mutex::new(&session, "mutex").expect("mutex"),
+            },
+            "coord's requests, raw" => Cycle::Requests {
+                kv: client.etcd().kv_client(),
+                key: format!("{namespace}requests/{lease:x}"),
+                prefix: format!("{namespace}requests/"),
             },
             _ => Cycle::Server {
                 lock: client.etcd().lock_client(),
@@ -123,7 +173,7 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         }
     }
 
-    let (floor, coord, server) = (&tallies[0], &tallies[1], &tallies[2]);
+    let (floor, coord, server, requests) = (&tallies[0], &tallies[1], &tallies[2], &tallies[3]);
     let ms = |t: &Tally| format!("{:.3} ms/cycle", t.median());
     report.compare(
         &format!("{SCENARIO}: coord vs raw floor"),
@@ -139,6 +189,20 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         Ratio::Time(coord.median_ratio_to(server)),
         Target::None,
     );
+    report.compare(
+        &format!("{SCENARIO}: coord's requests sent raw vs raw floor (etcd's share)"),
+        format!("floor {}", ms(floor)),
+        ms(requests),
+        Ratio::Time(requests.median_ratio_to(floor)),
+        Target::None,
+    );
+    report.compare(
+        &format!("{SCENARIO}: coord vs its requests sent raw (coord's client share)"),
+        format!("raw {}", ms(requests)),
+        ms(coord),
+        Ratio::Time(coord.median_ratio_to(requests)),
+        Target::None,
+    );
     for (variant, tally) in variants.iter().zip(&tallies) {
         report.requests(
             &format!("{SCENARIO}: {}", variant.label),
@@ -147,7 +211,7 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
             tally.mean_unsynced(),
         );
         println!(
-            "  {:<16} per round (ms/cycle): {:?}",
+            "  {:<22} per round (ms/cycle): {:?}",
             variant.label,
             rounded(&tally.per_round)
         );
