@@ -34,6 +34,11 @@ mod format {
     pub(crate) use crate::config::Format;
 }
 
+/// What `service/wire.rs` calls in its parent (the same file, compiled again).
+#[path = "service/finite.rs"]
+#[allow(clippy::duplicate_mod)]
+mod finite;
+
 /// `service/wire.rs`, compiled again so that its crate-private decoder can be called.
 #[path = "service/wire.rs"]
 #[allow(clippy::duplicate_mod)]

@@ -274,7 +274,27 @@ async fn invalid_names_ids_and_addresses_are_rejected_and_nothing_is_written() {
         .await
         .unwrap_err();
     assert!(matches!(error, ServiceError::Encode { .. }), "{error:?}");
+    // A NaN or infinite float: JSON would store `null`, which no reader could decode.
+    for bad in [f64::NAN, f64::INFINITY] {
+        let error = register(&session, "api", Instance::new("i", "h:1", vec![1.0, bad]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ServiceError::Encode { .. }),
+            "{bad}: {error:?}"
+        );
+    }
     assert!(namespace_keys(&client).await.is_empty());
+    // Nor can an update bring one in: refused, and the stored metadata stays as it was.
+    let registration = register(&session, "api", Instance::new("i", "h:1", vec![1.0]))
+        .await
+        .unwrap();
+    let error = registration.update(vec![f64::NAN]).await.unwrap_err();
+    assert!(matches!(error, ServiceError::Encode { .. }), "{error:?}");
+    assert_eq!(registration.instance().await.metadata, vec![1.0]);
+    let stored = client.get(client.key("api/i"), None).await.unwrap();
+    let value = stored.kvs()[0].value_str().unwrap();
+    assert!(value.contains(r#""payload":[1.0]"#), "{value}");
 }
 
 #[tokio::test]

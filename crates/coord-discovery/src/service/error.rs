@@ -60,7 +60,9 @@ pub enum ServiceError {
         reason: &'static str,
     },
 
-    /// The instance (its metadata) could not be encoded as JSON.
+    /// The instance (its metadata) could not be encoded as JSON — including metadata holding a
+    /// NaN or infinite float, which JSON cannot represent (serde_json would store `null`, which
+    /// no discoverer could decode). Nothing was written.
     #[error("cannot encode the instance for {key}")]
     Encode {
         /// The full key.

@@ -59,6 +59,7 @@
 
 mod discovery;
 mod error;
+mod finite;
 mod instance;
 mod registration;
 mod wire;

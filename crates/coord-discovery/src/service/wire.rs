@@ -37,11 +37,17 @@ struct MetadataRef<'a, P> {
 }
 
 /// Encodes `instance` with `payload` as its metadata (so that a new payload can be encoded before
-/// it replaces the instance's).
+/// it replaces the instance's). A payload holding a NaN or infinite float is refused: JSON has
+/// neither, and serde_json would write `null`, which no reader of the payload's type could decode.
 pub(crate) fn encode<T, P: Serialize>(
     instance: &Instance<T>,
     payload: &P,
 ) -> Result<Vec<u8>, serde_json::Error> {
+    if super::finite::has_non_finite_float(payload) {
+        return Err(serde::ser::Error::custom(
+            "the metadata holds a NaN or infinite float, which JSON cannot represent",
+        ));
+    }
     serde_json::to_vec(&StoredRef {
         op: 0, // Go's `Add`; readers ignore it
         addr: &instance.addr,
