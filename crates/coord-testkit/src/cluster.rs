@@ -157,6 +157,46 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// SIGSTOPs member `i`: the process and its connections stay, but it answers nothing and
+    /// sends no heartbeats — a stalled VM, a long GC pause. A paused leader is replaced once the
+    /// others' election timeout passes; when [`resume`](Self::resume)d it finds itself a follower.
+    /// [`kill`](Self::kill), [`restart`](Self::restart) and dropping the cluster work on a paused
+    /// member too. Does nothing if it is not running.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSuchMember`] if `i >= len()`; [`Error::Io`] if the signal cannot be sent.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), coord_testkit::Error> {
+    /// let mut cluster = coord_testkit::EtcdCluster::start(3).await?;
+    /// let old = cluster.leader().await?;
+    /// cluster.pause(old)?;
+    /// let new = cluster.leader().await?; // waits for the election
+    /// assert_ne!(old, new);
+    /// cluster.resume(old)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pause(&mut self, i: usize) -> Result<(), Error> {
+        self.member_mut(i)?.signal_pause(true)
+    }
+
+    /// SIGCONTs member `i` after [`pause`](Self::pause). Does nothing if it is not running.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSuchMember`] if `i >= len()`; [`Error::Io`] if the signal cannot be sent.
+    pub fn resume(&mut self, i: usize) -> Result<(), Error> {
+        self.member_mut(i)?.signal_pause(false)
+    }
+
+    fn member_mut(&mut self, i: usize) -> Result<&mut Member, Error> {
+        let len = self.members.len();
+        self.members
+            .get_mut(i)
+            .ok_or(Error::NoSuchMember { index: i, len })
+    }
+
     /// Starts member `i` again on the same ports and data directory (killing it first if it
     /// still runs) and waits until it is healthy.
     ///
@@ -225,7 +265,8 @@ impl EtcdCluster {
             .with_connect_timeout(STATUS_TIMEOUT);
         let mut clients = Vec::new();
         for (i, member) in self.members.iter().enumerate() {
-            if member.is_running() {
+            // A paused member would hold the connection attempt until it times out.
+            if member.is_answering() {
                 let client = Client::connect([member.endpoint()], Some(options.clone()))
                     .await
                     .map_err(|e| {

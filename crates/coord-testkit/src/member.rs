@@ -53,6 +53,8 @@ pub(crate) struct Member {
     ports: MemberPorts,
     launch: Launch,
     child: Option<Child>,
+    /// SIGSTOPped by [`Member::pause`] and not continued since.
+    paused: bool,
     /// Length of the log when the current process was started, so its own output can be told apart.
     log_start: u64,
 }
@@ -67,6 +69,7 @@ impl Member {
             ports,
             launch,
             child: None,
+            paused: false,
             log_start: 0,
         }
     }
@@ -179,7 +182,33 @@ impl Member {
     }
 
     /// SIGKILL now; the data directory stays.
+    /// Whether the member runs and is not paused: it can answer.
+    pub(crate) fn is_answering(&self) -> bool {
+        self.child.is_some() && !self.paused
+    }
+
+    /// SIGSTOPs (`stop`) or SIGCONTs the process; nothing if it is not running.
+    pub(crate) fn signal_pause(&mut self, stop: bool) -> Result<(), Error> {
+        let Some(child) = &self.child else {
+            return Ok(());
+        };
+        process::pause(child, stop).map_err(|e| {
+            let what = if stop { "pause" } else { "resume" };
+            Error::io(
+                format!(
+                    "cannot {what} etcd member {} (pid {})",
+                    self.name,
+                    child.id()
+                ),
+                e,
+            )
+        })?;
+        self.paused = stop;
+        Ok(())
+    }
+
     pub(crate) fn kill(&mut self) {
+        self.paused = false;
         if let Some(mut child) = self.child.take() {
             tracing::debug!(member = %self.name, pid = child.id(), "killing etcd");
             process::kill(&mut child);

@@ -90,6 +90,30 @@ fn die_with_parent(command: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent(_command: &mut Command) {}
 
+/// SIGSTOPs (`stop`) or SIGCONTs `child`.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+pub(crate) fn pause(child: &Child, stop: bool) -> io::Result<()> {
+    let pid =
+        libc::pid_t::try_from(child.id()).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    let signal = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is that of a
+    // child we spawned and have not reaped (we hold its `Child`), so it names no other process.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Pausing needs Unix signals.
+#[cfg(not(unix))]
+pub(crate) fn pause(_child: &Child, _stop: bool) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "pausing a process needs Unix signals",
+    ))
+}
+
 /// SIGKILLs and reaps `child`; best effort, never blocks for long (a killed child exits at once).
 pub(crate) fn kill(child: &mut Child) {
     if let Err(e) = child.kill() {

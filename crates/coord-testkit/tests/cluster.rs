@@ -2,6 +2,8 @@
 // Helpers outside #[test] functions may unwrap like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::time::Duration;
+
 use coord_testkit::EtcdCluster;
 
 #[tokio::test]
@@ -33,6 +35,36 @@ async fn a_killed_leader_is_replaced_and_comes_back_with_the_data() {
         .unwrap();
     let reply = restarted.get("k", None).await.unwrap();
     assert_eq!(reply.kvs()[0].value(), b"written before the failover");
+}
+
+#[tokio::test]
+async fn a_paused_leader_is_replaced_and_catches_up_when_resumed() {
+    let mut cluster = EtcdCluster::start(3).await.unwrap();
+    let mut client = cluster.client().await.unwrap();
+    client.put("k", "before the pause", None).await.unwrap();
+    let old = cluster.leader().await.unwrap();
+    let pid = cluster.pid(old);
+
+    cluster.pause(old).unwrap();
+    // Still there, but silent: its /health does not answer.
+    assert_eq!(cluster.pid(old), pid);
+    let silent = tokio::time::timeout(Duration::from_secs(1), health_of(&cluster, old)).await;
+    assert!(silent.is_err(), "a paused member answered: {silent:?}");
+    let new = cluster.leader().await.unwrap();
+    assert_ne!(new, old);
+    let mut survivor = etcd_client::Client::connect([cluster.endpoint(new).unwrap()], None)
+        .await
+        .unwrap();
+    survivor.put("k", "during the pause", None).await.unwrap();
+
+    cluster.resume(old).unwrap();
+    // The old leader answers again, as a follower that has caught up.
+    let mut resumed = etcd_client::Client::connect([cluster.endpoint(old).unwrap()], None)
+        .await
+        .unwrap();
+    let read = resumed.get("k", None).await.unwrap();
+    assert_eq!(read.kvs()[0].value(), b"during the pause");
+    assert_eq!(cluster.leader().await.unwrap(), new);
 }
 
 #[tokio::test]
