@@ -80,6 +80,11 @@ pub enum FaultKind {
     KillMember,
     /// The raft leader SIGKILLed, restarted later with its data.
     KillLeader,
+    /// A member SIGSTOPped (a stalled VM, a long GC pause: its connections stay open and nothing
+    /// answers), SIGCONTed later.
+    PauseMember,
+    /// The raft leader SIGSTOPped, SIGCONTed later (by then a follower).
+    PauseLeader,
     /// Every connection of one client reset.
     CutClient,
     /// One client partitioned from every member for a while.

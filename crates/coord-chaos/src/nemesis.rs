@@ -5,7 +5,7 @@
 //!
 //! | loop | faults |
 //! |---|---|
-//! | members | SIGKILL a random member or the raft leader, restart it after 0.5 s … 2·TTL + 1 s (one member down at a time: quorum is kept); compact at the current revision |
+//! | members | SIGKILL a random member or the raft leader, restart it after 0.5 s … 2·TTL + 1 s; SIGSTOP a random member or the leader for as long, then SIGCONT it (one member down or paused at a time: quorum is kept); compact at the current revision |
 //! | clients | reset every connection of a client; partition a client for 0.3 s … 2·TTL; delay a client's traffic by 20–300 ms for 1–4 s; ask a client to "GC-pause" while holding (see [`crate::actors`]) |
 //!
 //! When stopped, each loop ends its fault in progress (restarts the member, heals the proxy).
@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coord_core::etcd_client::CompactionOptions;
+use coord_testkit::EtcdCluster;
 use tokio_util::sync::CancellationToken;
 
 use crate::history::{FaultKind, History};
@@ -53,7 +54,22 @@ async fn pass(stop: &CancellationToken, d: Duration) -> bool {
     }
 }
 
-/// Kills and restarts members and compacts, until `stop`.
+/// The member a member fault hits: the raft leader, or a random member; `None` (logged) when no
+/// leader can be found.
+async fn target(cluster: &EtcdCluster, rng: &mut Rng, leader: bool) -> Option<usize> {
+    if !leader {
+        return Some(rng.below(cluster.len() as u64) as usize);
+    }
+    match cluster.leader().await {
+        Ok(leader) => Some(leader),
+        Err(e) => {
+            tracing::warn!(error = %e, "nemesis: no leader to hit");
+            None
+        }
+    }
+}
+
+/// Kills, pauses and restarts members and compacts, until `stop`.
 pub async fn members(
     lab: Arc<Lab>,
     history: History,
@@ -61,8 +77,9 @@ pub async fn members(
     stop: CancellationToken,
     ttl: Duration,
 ) {
-    // Kill a member x2, kill the leader, compact x2, shuffled per round.
-    let mut deck = Deck::new(&[0, 0, 1, 2, 2]);
+    // Kill a member x2, kill the leader, compact x2, pause a member, pause the leader, shuffled
+    // per round.
+    let mut deck = Deck::new(&[0, 0, 1, 2, 2, 3, 4]);
     while pass(
         &stop,
         rng.duration(Duration::from_millis(800), Duration::from_secs(4)),
@@ -72,20 +89,10 @@ pub async fn members(
         match deck.draw(&mut rng) {
             choice @ (0 | 1) => {
                 let mut cluster = lab.cluster.lock().await;
-                let (kind, member) = if choice == 0 {
-                    (
-                        FaultKind::KillMember,
-                        rng.below(cluster.len() as u64) as usize,
-                    )
-                } else {
-                    match cluster.leader().await {
-                        Ok(leader) => (FaultKind::KillLeader, leader),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "nemesis: no leader to kill");
-                            continue;
-                        }
-                    }
+                let Some(member) = target(&cluster, &mut rng, choice == 1).await else {
+                    continue;
                 };
+                let kind = [FaultKind::KillMember, FaultKind::KillLeader][usize::from(choice)];
                 if let Err(e) = cluster.kill(member) {
                     tracing::warn!(error = %e, "nemesis: kill");
                     continue;
@@ -107,6 +114,30 @@ pub async fn members(
                             tracing::error!(error = %e, member, "nemesis: member does not come back");
                             break;
                         }
+                    }
+                }
+                history.healed(fault);
+            }
+            choice @ (3 | 4) => {
+                let mut cluster = lab.cluster.lock().await;
+                let Some(member) = target(&cluster, &mut rng, choice == 4).await else {
+                    continue;
+                };
+                let kind =
+                    [FaultKind::PauseMember, FaultKind::PauseLeader][usize::from(choice - 3)];
+                if let Err(e) = cluster.pause(member) {
+                    tracing::warn!(error = %e, "nemesis: pause");
+                    continue;
+                }
+                let fault = history.fault(kind, None, Some(member));
+                let paused =
+                    rng.duration(Duration::from_millis(500), ttl * 2 + Duration::from_secs(1));
+                pass(&stop, paused).await;
+                // Resume even when stopped: the run heals everything it broke.
+                if let Err(e) = cluster.resume(member) {
+                    tracing::error!(error = %e, member, "nemesis: resume failed; restarting the member");
+                    if let Err(e) = cluster.restart(member).await {
+                        tracing::error!(error = %e, member, "nemesis: member does not come back");
                     }
                 }
                 history.healed(fault);
