@@ -134,7 +134,7 @@ pub async fn members(
                     rng.duration(Duration::from_millis(500), ttl * 2 + Duration::from_secs(1));
                 pass(&stop, paused).await;
                 // Resume even when stopped: the run heals everything it broke.
-                if let Err(e) = cluster.resume(member) {
+                if let Err(e) = cluster.resume(member).await {
                     tracing::error!(error = %e, member, "nemesis: resume failed; restarting the member");
                     if let Err(e) = cluster.restart(member).await {
                         tracing::error!(error = %e, member, "nemesis: member does not come back");

@@ -174,20 +174,32 @@ impl EtcdCluster {
     /// cluster.pause(old)?;
     /// let new = cluster.leader().await?; // waits for the election
     /// assert_ne!(old, new);
-    /// cluster.resume(old)?;
+    /// cluster.resume(old).await?;
     /// # Ok(()) }
     /// ```
     pub fn pause(&mut self, i: usize) -> Result<(), Error> {
         self.member_mut(i)?.signal_pause(true)
     }
 
-    /// SIGCONTs member `i` after [`pause`](Self::pause). Does nothing if it is not running.
+    /// SIGCONTs member `i` after [`pause`](Self::pause) and waits until it is healthy again
+    /// (a resumed leader first learns that it was replaced: until then its reads fail with
+    /// "leader changed"). Does nothing if it is not running.
     ///
     /// # Errors
     ///
-    /// [`Error::NoSuchMember`] if `i >= len()`; [`Error::Io`] if the signal cannot be sent.
-    pub fn resume(&mut self, i: usize) -> Result<(), Error> {
-        self.member_mut(i)?.signal_pause(false)
+    /// [`Error::NoSuchMember`] if `i >= len()`; [`Error::Io`] if the signal cannot be sent;
+    /// [`Error::Startup`] if the member is not healthy within 30 s.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancelling after the signal leaves the member running, maybe not yet healthy.
+    pub async fn resume(&mut self, i: usize) -> Result<(), Error> {
+        let member = self.member_mut(i)?;
+        if !member.is_running() {
+            return Ok(());
+        }
+        member.signal_pause(false)?;
+        member::wait_healthy(&mut self.members, &[i]).await
     }
 
     fn member_mut(&mut self, i: usize) -> Result<&mut Member, Error> {

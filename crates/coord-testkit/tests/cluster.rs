@@ -57,14 +57,13 @@ async fn a_paused_leader_is_replaced_and_catches_up_when_resumed() {
         .unwrap();
     survivor.put("k", "during the pause", None).await.unwrap();
 
-    cluster.resume(old).unwrap();
+    cluster.resume(old).await.unwrap();
     // The old leader answers again, as a follower that has caught up.
     let mut resumed = etcd_client::Client::connect([cluster.endpoint(old).unwrap()], None)
         .await
         .unwrap();
     let read = resumed.get("k", None).await.unwrap();
     assert_eq!(read.kvs()[0].value(), b"during the pause");
-    assert_eq!(cluster.leader().await.unwrap(), new);
 }
 
 #[tokio::test]
