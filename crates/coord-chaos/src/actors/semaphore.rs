@@ -84,8 +84,9 @@ impl Holding {
 /// Runs until stopped: the semaphore [`STORED_NAME`] with a limit stored in etcd that every
 /// actor moves between `limit` and `limit + 1` now and then (`set_limit`, which never evicts),
 /// taken half the time as a session-bound permit and half the time as a durable slot under the
-/// client's own id (`acquire_as` / `release_as`); fenced writes as [`run`]'s. The checker bounds
-/// the overlap by `limit + 1`.
+/// client's own id (`acquire_as` / `release_as`) — a third of those expiring on their own after
+/// 2–5 s (`Durability::Expires`, a lease nobody renews, so a paused holder outlives its slot);
+/// fenced writes as [`run`]'s. The checker bounds the overlap by `limit + 1`.
 pub async fn run_stored(mut ctx: Ctx, limit: u32) {
     let mut seq = 0u64;
     let id = format!("c{}", ctx.client());
@@ -105,10 +106,15 @@ pub async fn run_stored(mut ctx: Ctx, limit: u32) {
             }
         }
         let durable = ctx.rng.below(2) == 0;
+        let durability = if ctx.rng.below(3) == 0 {
+            Durability::Expires(Duration::from_secs(2 + ctx.rng.below(4)))
+        } else {
+            Durability::UntilReleased
+        };
         let bound = maybe_timeout(&mut ctx.rng);
         let acquire = async {
             if durable {
-                let slot = semaphore.acquire_as(&id, Durability::UntilReleased);
+                let slot = semaphore.acquire_as(&id, durability);
                 match bound {
                     Some(b) => tokio::time::timeout(b, slot)
                         .await
