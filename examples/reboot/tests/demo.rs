@@ -1,5 +1,6 @@
 //! `coord-reboot demo` as a process, in its short mode, on its own embedded etcd: every node
 //! reboots and the summary measured from etcd keeps each group within its limit.
+#![cfg(feature = "demo")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests: failing loudly is the point
 
 use std::time::Duration;

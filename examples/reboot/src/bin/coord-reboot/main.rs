@@ -1,6 +1,7 @@
 //! `coord-reboot`: the FleetLock server (`serve`) and the operator commands.
 
 mod agent;
+#[cfg(feature = "demo")]
 mod demo;
 mod operator;
 
@@ -70,17 +71,18 @@ enum Command {
     /// Demo: an embedded etcd (or COORD_ENDPOINTS), a FleetLock server and simulated nodes in
     /// two groups rebooting through agents, with a live timeline and the highest concurrency
     /// seen in etcd per group against its limit (exit 1 if a limit was exceeded).
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's timeline is the output: only warnings from the library.
-    init_tracing(if matches!(cli.command, Command::Demo(_)) {
-        "warn"
-    } else {
-        "info"
-    });
+    #[cfg(feature = "demo")]
+    let quiet = matches!(cli.command, Command::Demo(_));
+    #[cfg(not(feature = "demo"))]
+    let quiet = false;
+    init_tracing(if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -103,6 +105,7 @@ fn main() -> ExitCode {
                 Some(config) => agent::run(config, once).await,
                 None => Err("agent needs --config FILE".into()),
             },
+            #[cfg(feature = "demo")]
             Command::Demo(args) => demo::run(args).await,
         }
     });
