@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use coord_leader::{Election, Error as LeaderError};
 
-use super::{Ctx, LogRecord, Written, maybe_timeout, session};
+use super::{Ctx, maybe_timeout, session};
 use crate::history::{OpKind, Outcome};
 
 /// The election's name.
@@ -54,33 +54,15 @@ pub async fn run(mut ctx: Ctx) {
             }
         };
         let writes = 1 + ctx.rng.below(4);
-        for i in 0..writes {
-            seq += 1;
-            let log_key = format!("{LOG}c{}-{seq:07}", ctx.client());
-            let record = LogRecord {
-                client: ctx.client(),
-                token: leadership.token().revision(),
-                value: None,
-            };
-            let written = ctx
-                .fenced_write(
-                    OpKind::LeaderWrite,
-                    leadership.ownership(),
-                    log_key,
-                    &record,
-                    Vec::new(),
-                )
-                .await;
-            if written != Written::Accepted || i + 1 == writes {
-                break;
-            }
-            let work = ctx
-                .rng
-                .duration(Duration::from_millis(10), Duration::from_millis(120));
-            if !ctx.work(work).await {
-                break;
-            }
-        }
+        ctx.log_writes(
+            OpKind::LeaderWrite,
+            leadership.ownership(),
+            LOG,
+            writes,
+            &mut seq,
+            Duration::from_millis(120),
+        )
+        .await;
         match leadership.resign().await {
             Ok(()) => ctx
                 .history

@@ -86,6 +86,38 @@ impl Ctx {
         }
     }
 
+    /// A holder's work: `writes` fenced writes of `log` + `<client>-<seq>` (recorded as `kind`),
+    /// up to `max_gap` apart, until one is not accepted or the actor is stopped.
+    pub async fn log_writes(
+        &mut self,
+        kind: OpKind,
+        ownership: &Ownership,
+        log: &str,
+        writes: u64,
+        seq: &mut u64,
+        max_gap: Duration,
+    ) {
+        for i in 0..writes {
+            *seq += 1;
+            let log_key = format!("{log}c{}-{:07}", self.client(), *seq);
+            let record = LogRecord {
+                client: self.client(),
+                token: ownership.token().revision(),
+                value: None,
+            };
+            let written = self
+                .fenced_write(kind, ownership, log_key, &record, Vec::new())
+                .await;
+            if written != Written::Accepted || i + 1 == writes {
+                break;
+            }
+            let gap = self.rng.duration(Duration::from_millis(10), max_gap);
+            if !self.work(gap).await {
+                break;
+            }
+        }
+    }
+
     /// Writes `log_key` (a [`LogRecord`]) and `extra` in one transaction guarded by `ownership`,
     /// after a simulated pause if one was requested; records the outcome as `kind` (or as
     /// [`OpKind::StaleWrite`] after a pause that outlived the holder's key).

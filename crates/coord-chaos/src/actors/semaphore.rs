@@ -7,7 +7,7 @@ use std::time::Duration;
 use coord_core::Ownership;
 use coord_lock::{Durability, Error as LockError, Limit, Semaphore};
 
-use super::{Ctx, LogRecord, Written, maybe_timeout, session};
+use super::{Ctx, maybe_timeout, session};
 use crate::history::{OpKind, Outcome};
 
 /// The semaphore's name.
@@ -188,33 +188,15 @@ pub async fn run_stored(mut ctx: Ctx, limit: u32) {
 /// accepted or the actor is stopped.
 async fn hold(ctx: &mut Ctx, ownership: &Ownership, log: &str, seq: &mut u64) {
     let writes = 2 + ctx.rng.below(2);
-    for i in 0..writes {
-        *seq += 1;
-        let log_key = format!("{log}c{}-{:07}", ctx.client(), *seq);
-        let record = LogRecord {
-            client: ctx.client(),
-            token: ownership.token().revision(),
-            value: None,
-        };
-        let written = ctx
-            .fenced_write(
-                OpKind::SemaphoreWrite,
-                ownership,
-                log_key,
-                &record,
-                Vec::new(),
-            )
-            .await;
-        if written != Written::Accepted || i + 1 == writes {
-            break;
-        }
-        let work = ctx
-            .rng
-            .duration(Duration::from_millis(10), Duration::from_millis(150));
-        if !ctx.work(work).await {
-            break;
-        }
-    }
+    ctx.log_writes(
+        OpKind::SemaphoreWrite,
+        ownership,
+        log,
+        writes,
+        seq,
+        Duration::from_millis(150),
+    )
+    .await;
 }
 
 /// Records a release's outcome, then pauses 0–150 ms; `false` once the actor is stopped.
