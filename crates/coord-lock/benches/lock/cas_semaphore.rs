@@ -1,10 +1,24 @@
-//! The semaphore baseline: all state in one JSON key, `{"max":10,"holders":["id",…]}`, updated by
-//! compare-and-swap on its mod revision — how airlock (FleetLock) keeps its semaphore — with a
+//! The semaphore baselines: all state in one JSON key, `{"total_slots":10,"holders":["id",…]}`
+//! (holders sorted), updated by compare-and-swap on the key's version — how airlock (FleetLock)
+//! keeps its semaphore (`internal/lock/lock.go` and `semaphore.go` at airlock `a3585ed`) — with a
 //! watch instead of polling while the semaphore is full.
 //!
-//! - acquire: read; if there is room, CAS-put the list with this id added, and retry on a conflict;
-//!   when full, watch the key from the read's revision + 1 until it changes, then start over;
-//! - release: read, CAS-put the list without this id, retry on a conflict.
+//! Every attempt is one airlock operation:
+//! - [`Flavour::Airlock`], as airlock runs each `RecursiveLock` / `UnlockIfHeld`: first its
+//!   `ensureInit` transaction (`if version(key) == 0 then put(empty semaphore)`; a transaction with
+//!   a put is a raft proposal even when its compare fails), then a read, then the CAS transaction
+//!   (`if version(key) == read then put`);
+//! - [`Flavour::Lean`]: the read and the CAS only — a leaner CAS semaphore than airlock's, kept as
+//!   a second, stronger baseline.
+//!
+//! Acquire: if the read shows this id among the holders, it holds (recursive lock, no write); if
+//! there is room, CAS-put the list with the id added; when full, watch the key from the read's
+//! revision + 1 until it changes. A lost CAS or a change starts the next attempt at once (airlock
+//! answers a conflict or a full semaphore with an error, and Zincati asks again five minutes later:
+//! retrying at once favours the baseline). Release: CAS-put the list without the id (airlock writes
+//! even when the id held nothing), again until a CAS wins.
+//!
+//! Left out, also in the baseline's favour: airlock dials a new etcd client for every request.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,10 +27,20 @@ use coord_core::etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, WatchOptio
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+/// airlock's semaphore value.
 #[derive(Debug, Serialize, Deserialize)]
 struct State {
-    max: usize,
+    total_slots: usize,
     holders: Vec<String>,
+}
+
+/// Which requests one attempt makes (module docs).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Flavour {
+    /// Init transaction, read, CAS: airlock's requests.
+    Airlock,
+    /// Read and CAS only.
+    Lean,
 }
 
 /// One contender's handle on the JSON-key semaphore.
@@ -25,26 +49,38 @@ pub(crate) struct CasSemaphore {
     client: Client,
     key: String,
     id: String,
-    /// CAS puts that lost the race, shared by all contenders.
+    slots: usize,
+    flavour: Flavour,
+    /// CAS puts that lost the race, shared by all contenders of one flavour.
     conflicts: Arc<AtomicU64>,
 }
 
 impl CasSemaphore {
-    /// Writes the empty semaphore with room for `max` holders.
-    pub(crate) async fn create(client: &Client, key: &str, max: usize) {
+    /// Writes the empty semaphore with room for `slots` holders (the lean flavour has no init
+    /// transaction of its own).
+    pub(crate) async fn create(client: &Client, key: &str, slots: usize) {
         let state = State {
-            max,
+            total_slots: slots,
             holders: Vec::new(),
         };
         let json = serde_json::to_vec(&state).expect("JSON");
         client.clone().put(key, json, None).await.expect("put");
     }
 
-    pub(crate) fn new(client: Client, key: &str, id: String, conflicts: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        key: &str,
+        id: String,
+        slots: usize,
+        flavour: Flavour,
+        conflicts: Arc<AtomicU64>,
+    ) -> Self {
         CasSemaphore {
             client,
             key: key.to_owned(),
             id,
+            slots,
+            flavour,
             conflicts,
         }
     }
@@ -56,13 +92,17 @@ impl CasSemaphore {
             if *stop.borrow() {
                 return false;
             }
-            let (mut state, mod_revision, read_revision) = self.read().await;
-            if state.holders.len() < state.max {
-                state.holders.push(self.id.clone());
-                if self.swap(&state, mod_revision).await {
-                    return true;
+            let (mut state, version, read_revision) = self.begin().await;
+            if let Err(at) = state.holders.binary_search(&self.id) {
+                if state.holders.len() < state.total_slots {
+                    state.holders.insert(at, self.id.clone());
+                    if self.swap(&state, version).await {
+                        return true;
+                    }
+                    continue;
                 }
-                continue;
+            } else {
+                return true;
             }
             tokio::select! {
                 biased;
@@ -74,31 +114,47 @@ impl CasSemaphore {
 
     pub(crate) async fn release(&mut self) {
         loop {
-            let (mut state, mod_revision, _) = self.read().await;
+            let (mut state, version, _) = self.begin().await;
             state.holders.retain(|holder| *holder != self.id);
-            if self.swap(&state, mod_revision).await {
+            if self.swap(&state, version).await {
                 return;
             }
         }
     }
 
-    /// The current state, its mod revision and the read's revision.
+    /// The start of an operation: airlock's init transaction (for that flavour), then the read.
+    async fn begin(&mut self) -> (State, i64, i64) {
+        if let Flavour::Airlock = self.flavour {
+            let empty = State {
+                total_slots: self.slots,
+                holders: Vec::new(),
+            };
+            let json = serde_json::to_vec(&empty).expect("JSON");
+            let init = Txn::new()
+                .when([Compare::version(self.key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(self.key.clone(), json, None)]);
+            self.client.txn(init).await.expect("init txn");
+        }
+        self.read().await
+    }
+
+    /// The current state, the key's version and the read's revision.
     async fn read(&mut self) -> (State, i64, i64) {
         let read = self.client.get(self.key.clone(), None).await.expect("get");
         let kv = read.kvs().first().expect("the semaphore key exists");
         let state: State = serde_json::from_slice(kv.value()).expect("semaphore JSON");
         let revision = read.header().expect("header").revision();
-        (state, kv.mod_revision(), revision)
+        (state, kv.version(), revision)
     }
 
-    /// Writes `state` if the key is still at `mod_revision`; counts a conflict otherwise.
-    async fn swap(&mut self, state: &State, mod_revision: i64) -> bool {
+    /// Writes `state` if the key is still at `version`; counts a conflict otherwise.
+    async fn swap(&mut self, state: &State, version: i64) -> bool {
         let json = serde_json::to_vec(state).expect("JSON");
         let txn = Txn::new()
-            .when([Compare::mod_revision(
+            .when([Compare::version(
                 self.key.clone(),
                 CompareOp::Equal,
-                mod_revision,
+                version,
             )])
             .and_then([TxnOp::put(self.key.clone(), json, None)]);
         let swapped = self.client.txn(txn).await.expect("CAS txn").succeeded();

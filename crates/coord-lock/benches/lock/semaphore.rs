@@ -1,6 +1,7 @@
 //! Scenario `semaphore`: limit 10, 200 contenders, each with its own connection (and, for coord,
 //! its own session), taking a permit and giving it back at once, again and again — the coord
-//! Semaphore against the JSON-key CAS semaphore of [`crate::cas_semaphore`].
+//! Semaphore against the JSON-key CAS semaphores of [`crate::cas_semaphore`]: airlock's requests
+//! (the target's baseline) and a leaner CAS without airlock's init transaction.
 //!
 //! Besides the rate it checks what a semaphore must never do: more than 10 holders at once (a
 //! shared counter of permits held), and lost wake-ups — a waiter that is never woken shows up as a
@@ -20,7 +21,7 @@ use coord_lock::{Limit, Permit, Semaphore};
 use tokio::sync::watch;
 
 use crate::Bench;
-use crate::cas_semaphore::CasSemaphore;
+use crate::cas_semaphore::{CasSemaphore, Flavour};
 use coord_testkit::bench::report::{Ratio, Report, Target};
 use coord_testkit::bench::rounds::{Tally, median, order, rounded};
 
@@ -228,23 +229,30 @@ impl Health {
 pub(crate) async fn run(bench: &Bench, report: &mut Report) {
     let plan = bench.plan(4.0, 4);
     let namespace = coord_testkit::unique_namespace("bench-semaphore");
-    let cas_key = format!("{namespace}cas-semaphore");
-    let conflicts = Arc::new(AtomicU64::new(0));
+    let flavours = [
+        (Flavour::Airlock, format!("{namespace}airlock-semaphore")),
+        (Flavour::Lean, format!("{namespace}lean-cas-semaphore")),
+    ];
+    let conflicts = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
     let mut sessions = Vec::new();
-    let mut cas = Vec::new();
+    let mut cas = [Vec::new(), Vec::new()];
     let mut coord = Vec::new();
     let mut ceiling = Vec::new();
     for i in 0..CONTENDERS {
         let client = bench.client(&namespace).await;
-        if i == 0 {
-            CasSemaphore::create(client.etcd(), &cas_key, LIMIT).await;
+        for (f, (flavour, key)) in flavours.iter().enumerate() {
+            if i == 0 {
+                CasSemaphore::create(client.etcd(), key, LIMIT).await;
+            }
+            cas[f].push(Contender::Cas(Box::new(CasSemaphore::new(
+                client.etcd().clone(),
+                key,
+                format!("contender-{i}"),
+                LIMIT,
+                *flavour,
+                conflicts[f].clone(),
+            ))));
         }
-        cas.push(Contender::Cas(Box::new(CasSemaphore::new(
-            client.etcd().clone(),
-            &cas_key,
-            format!("contender-{i}"),
-            conflicts.clone(),
-        ))));
         ceiling.push(Contender::Ceiling(Box::new((
             client.etcd().clone(),
             format!("{namespace}ceiling/{i}"),
@@ -256,18 +264,22 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         ));
         sessions.push(session);
     }
+    let [airlock, lean] = cas;
     let variants = [
-        ("CAS JSON semaphore", cas),
+        ("airlock CAS semaphore", airlock),
+        ("lean CAS semaphore", lean),
         ("coord Semaphore", coord),
         ("no-exclusion ceiling", ceiling),
     ];
     for (_, contenders) in &variants {
         round(contenders, WARM_UP).await;
     }
-    conflicts.store(0, Ordering::SeqCst);
+    for counter in &conflicts {
+        counter.store(0, Ordering::SeqCst);
+    }
 
     let mut tallies = vec![Tally::default(); variants.len()];
-    let mut health = [Health::new(), Health::new(), Health::new()];
+    let mut health: Vec<Health> = variants.iter().map(|_| Health::new()).collect();
     let mut cas_left = 0;
     for r in 0..plan.rounds {
         for i in order(r, variants.len()) {
@@ -281,16 +293,21 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
             }
         }
     }
-    let conflicts = conflicts.load(Ordering::SeqCst);
-
-    let (cas, coord, ceiling) = (&tallies[0], &tallies[1], &tallies[2]);
-    let (cas_health, coord_health) = (&health[0], &health[1]);
+    let (airlock, lean, coord, ceiling) = (&tallies[0], &tallies[1], &tallies[2], &tallies[3]);
+    let (airlock_health, coord_health) = (&health[0], &health[2]);
     report.compare(
         &format!("{SCENARIO}: limit {LIMIT}, {CONTENDERS} contenders, acquisitions/s"),
-        format!("CAS JSON key {:.1}/s", cas.median()),
+        format!("airlock CAS {:.1}/s", airlock.median()),
         format!("{:.1}/s", coord.median()),
-        Ratio::Rate(coord.median_ratio_to(cas)),
+        Ratio::Rate(coord.median_ratio_to(airlock)),
         Target::RateAtLeast(20.0),
+    );
+    report.compare(
+        &format!("{SCENARIO}: coord vs a lean CAS (airlock's without its init txn)"),
+        format!("lean CAS {:.1}/s", lean.median()),
+        format!("{:.1}/s", coord.median()),
+        Ratio::Rate(coord.median_ratio_to(lean)),
+        Target::None,
     );
     report.compare(
         &format!("{SCENARIO}: coord vs the no-exclusion ceiling (2 writes, no waiting)"),
@@ -301,27 +318,34 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
     );
     report.check(
         &format!("{SCENARIO}: holders over the limit"),
-        format!("CAS {}", cas_health.over_limit),
+        format!("airlock CAS {}", airlock_health.over_limit),
         coord_health.over_limit,
         Target::Zero,
     );
     report.check(
         &format!("{SCENARIO}: contenders with a wait > {STUCK_FACTOR}× the median (lost wake-ups)"),
-        format!("CAS {}", cas_health.stuck.len()),
+        format!("airlock CAS {}", airlock_health.stuck.len()),
         coord_health.stuck.len() as u64,
         Target::Zero,
     );
     report.check(
         &format!("{SCENARIO}: contenders that never acquired"),
-        format!("CAS {}", cas_health.never_acquired()),
+        format!("airlock CAS {}", airlock_health.never_acquired()),
         coord_health.never_acquired(),
         Target::Zero,
     );
     let cas_seconds = plan.round.as_secs_f64() * plan.rounds as f64;
+    for ((label, _), (counter, tally)) in variants.iter().zip(conflicts.iter().zip(&tallies)) {
+        let conflicts = counter.load(Ordering::SeqCst);
+        report.note(format!(
+            "semaphore, {label}: {conflicts} CAS conflicts in {cas_seconds:.0} s ({:.1} per \
+             acquisition)",
+            conflicts as f64 / tally.ops.max(1) as f64
+        ));
+    }
     report.note(format!(
-        "semaphore: the CAS baseline had {conflicts} CAS conflicts in {cas_seconds:.0} s \
-         ({:.1} per acquisition); {cas_left} ids were left in its key after its rounds (must be 0)",
-        conflicts as f64 / cas.ops.max(1) as f64
+        "semaphore: {cas_left} ids were left in the CAS semaphores' keys after their rounds (must \
+         be 0)"
     ));
     for ((label, _), (tally, health)) in variants.iter().zip(tallies.iter().zip(&health)) {
         report.requests(
