@@ -544,6 +544,8 @@ mod tests {
                 .collect(),
             malformed: Vec::new(),
             error: None,
+            seq: 1,
+            delta: None,
         })
     }
 

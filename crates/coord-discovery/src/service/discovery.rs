@@ -1,12 +1,13 @@
 //! Discovery: the live set of a service's instances as `watch` snapshots, and the changes between
 //! them as a stream.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use coord_core::stream::{Entry, Event, Watcher};
 use coord_core::{Client, LeaseId};
 use futures_util::Stream;
+use imbl::OrdMap;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
@@ -70,8 +71,10 @@ pub struct MalformedEntry {
 pub struct ServiceSet<T> {
     /// The etcd revision the set reflects; 0 until the first read (not ready).
     pub revision: i64,
-    /// The instances by id.
-    pub endpoints: BTreeMap<String, Arc<Endpoint<T>>>,
+    /// The instances by id: a persistent ordered map ([`imbl::OrdMap`], re-exported as
+    /// [`crate::service::OrdMap`]). Consecutive snapshots share every part of it that did not
+    /// change, so a snapshot after one change costs O(log n), not a copy of the set.
+    pub endpoints: OrdMap<String, Arc<Endpoint<T>>>,
     /// Entries that could not be used, by key order. Filters do not apply to them.
     pub malformed: Vec<MalformedEntry>,
     /// Why the service cannot be followed now (permission denied, failed authentication, TLS),
@@ -79,15 +82,22 @@ pub struct ServiceSet<T> {
     /// Cleared by the next successful read. Transient trouble (disconnects, a member down) is
     /// retried quietly and not reported here.
     pub error: Option<Arc<coord_core::Error>>,
+    /// This snapshot's place in its discovery's sequence (0: the empty set before the first read).
+    pub(crate) seq: u64,
+    /// The changes from snapshot `seq - 1` to this one, when they were few enough to record
+    /// ([`Changes`] diffs the two sets otherwise).
+    pub(crate) delta: Option<Vec<Change<T>>>,
 }
 
 impl<T> ServiceSet<T> {
     fn empty() -> ServiceSet<T> {
         ServiceSet {
             revision: 0,
-            endpoints: BTreeMap::new(),
+            endpoints: OrdMap::new(),
             malformed: Vec::new(),
             error: None,
+            seq: 0,
+            delta: None,
         }
     }
 
@@ -130,7 +140,7 @@ impl<T> ServiceSet<T> {
 }
 
 /// A change between two [`ServiceSet`]s, as [`Changes`] reports it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum Change<T> {
     /// An instance appeared (registered, or passes the filters now).
@@ -145,6 +155,20 @@ pub enum Change<T> {
     /// An instance disappeared (deregistered, lease expired, or no longer passes the filters).
     /// An instance that registered anew (new create revision) is a `Remove` and an `Insert`.
     Remove(Arc<Endpoint<T>>),
+}
+
+// Not derived: a clone copies `Arc`s, whatever `T` is.
+impl<T> Clone for Change<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Change::Insert(e) => Change::Insert(e.clone()),
+            Change::Update { old, new } => Change::Update {
+                old: old.clone(),
+                new: new.clone(),
+            },
+            Change::Remove(e) => Change::Remove(e.clone()),
+        }
+    }
 }
 
 impl<T> Change<T> {
@@ -238,8 +262,11 @@ impl<T: DeserializeOwned + Send + Sync + 'static> DiscoveryBuilder<T> {
             prefix_len: prefix.len(),
             statuses: self.statuses,
             filters: self.filters,
-            entries: BTreeMap::new(),
+            visible: OrdMap::new(),
+            touched: BTreeSet::new(),
+            overflow: false,
             malformed: BTreeMap::new(),
+            seq: 0,
             revision: 0,
             error: None,
             sender,
@@ -503,7 +530,13 @@ impl<T> Changes<T> {
                 .await
                 .map_err(|_| ServiceError::Shutdown)?;
             let set = self.receiver.borrow_and_update().clone();
-            diff(&self.last, &set, &mut self.pending);
+            match &set.delta {
+                // The next snapshot after the last one seen: its recorded changes are the diff.
+                Some(delta) if set.seq == self.last.seq + 1 => {
+                    self.pending.extend(delta.iter().cloned());
+                }
+                _ => diff(&self.last, &set, &mut self.pending),
+            }
             let refused = set.error.clone();
             self.last = set;
             let Some(source) = refused else {
@@ -552,24 +585,14 @@ impl<T> Changes<T> {
     }
 }
 
-/// Appends the changes from `old` to `new`.
+/// Appends the changes from `old` to `new`: O(n log n) over the larger set, unless they share
+/// their map.
 fn diff<T>(old: &ServiceSet<T>, new: &ServiceSet<T>, out: &mut VecDeque<Change<T>>) {
+    if old.endpoints.ptr_eq(&new.endpoints) {
+        return;
+    }
     for (id, before) in &old.endpoints {
-        match new.endpoints.get(id) {
-            None => out.push_back(Change::Remove(before.clone())),
-            Some(after) if Arc::ptr_eq(before, after) => {}
-            Some(after) if after.create_revision != before.create_revision => {
-                out.push_back(Change::Remove(before.clone()));
-                out.push_back(Change::Insert(after.clone()));
-            }
-            Some(after) if after.mod_revision != before.mod_revision => {
-                out.push_back(Change::Update {
-                    old: before.clone(),
-                    new: after.clone(),
-                });
-            }
-            Some(_) => {}
-        }
+        changed(Some(before), new.endpoints.get(id), out);
     }
     for (id, after) in &new.endpoints {
         if !old.endpoints.contains_key(id) {
@@ -578,15 +601,70 @@ fn diff<T>(old: &ServiceSet<T>, new: &ServiceSet<T>, out: &mut VecDeque<Change<T
     }
 }
 
+/// Appends how one instance changed from `before` (it was in the old set) to `after`: nothing,
+/// an update, a removal, or (registered anew) a removal and an insert. An instance that was not
+/// in the old set is an insert, which callers add after all the others.
+fn changed<T>(
+    before: Option<&Arc<Endpoint<T>>>,
+    after: Option<&Arc<Endpoint<T>>>,
+    out: &mut impl Extend<Change<T>>,
+) {
+    let Some(before) = before else {
+        return;
+    };
+    match after {
+        None => out.extend([Change::Remove(before.clone())]),
+        Some(after) if Arc::ptr_eq(before, after) => {}
+        Some(after) if after.create_revision != before.create_revision => {
+            out.extend([Change::Remove(before.clone()), Change::Insert(after.clone())]);
+        }
+        Some(after) if after.mod_revision != before.mod_revision => {
+            out.extend([Change::Update {
+                old: before.clone(),
+                new: after.clone(),
+            }]);
+        }
+        Some(_) => {}
+    }
+}
+
+/// Whether two maps of instances differ in any id, registration or write (stops at the first
+/// difference).
+fn differs<T>(
+    old: &OrdMap<String, Arc<Endpoint<T>>>,
+    new: &OrdMap<String, Arc<Endpoint<T>>>,
+) -> bool {
+    if old.ptr_eq(new) {
+        return false;
+    }
+    old.len() != new.len()
+        || old.iter().zip(new.iter()).any(|((a, x), (b, y))| {
+            a != b
+                || !Arc::ptr_eq(x, y)
+                    && (x.create_revision != y.create_revision || x.mod_revision != y.mod_revision)
+        })
+}
+
+/// Snapshots record their changes from the one before when no more instances than this changed;
+/// a consumer of [`Changes`] diffs the sets otherwise (the first read, a resync).
+const RECORDED_CHANGES: usize = 256;
+
 /// The task behind a [`Discovery`].
 struct Reflector<T> {
     watcher: Watcher,
     prefix_len: usize,
     statuses: Option<Vec<Status>>,
     filters: Vec<Filter<T>>,
-    /// Every decodable instance, before the filters.
-    entries: BTreeMap<String, Arc<Endpoint<T>>>,
+    /// The instances that pass the filters: the next snapshot's map, shared with the published
+    /// one until a change.
+    visible: OrdMap<String, Arc<Endpoint<T>>>,
+    /// The ids put or deleted since the last snapshot, unless there were more than
+    /// [`RECORDED_CHANGES`] (`overflow`).
+    touched: BTreeSet<String>,
+    overflow: bool,
     malformed: BTreeMap<Vec<u8>, MalformedEntry>,
+    /// The last snapshot's sequence number.
+    seq: u64,
     revision: i64,
     /// The watcher's last error that needs the user (cleared by the next event).
     error: Option<Arc<coord_core::Error>>,
@@ -672,12 +750,19 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Reflector<T> {
                     create_revision: entry.create_revision,
                     mod_revision: entry.mod_revision,
                 };
-                self.entries.insert(id, Arc::new(endpoint));
+                if self.passes(&endpoint) {
+                    self.visible.insert(id.clone(), Arc::new(endpoint));
+                } else {
+                    self.visible.remove(&id);
+                }
+                self.touch(id);
             }
             Err(reason) => {
                 let key = String::from_utf8_lossy(&entry.key).into_owned();
                 tracing::warn!(%key, revision = entry.mod_revision, %reason, "discovery: unusable entry skipped");
-                self.entries.remove(&*String::from_utf8_lossy(id));
+                let id = String::from_utf8_lossy(id).into_owned();
+                self.visible.remove(&id);
+                self.touch(id);
                 self.malformed.insert(
                     entry.key,
                     MalformedEntry {
@@ -693,7 +778,21 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Reflector<T> {
     fn delete(&mut self, key: &[u8]) {
         self.malformed.remove(key);
         if let Some(id) = self.id_of(key) {
-            self.entries.remove(&*String::from_utf8_lossy(id));
+            let id = String::from_utf8_lossy(id).into_owned();
+            if self.visible.remove(&id).is_some() {
+                self.touch(id);
+            }
+        }
+    }
+
+    fn touch(&mut self, id: String) {
+        if self.overflow {
+            return;
+        }
+        self.touched.insert(id);
+        if self.touched.len() > RECORDED_CHANGES {
+            self.overflow = true;
+            self.touched.clear();
         }
     }
 
@@ -704,42 +803,51 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Reflector<T> {
             && self.filters.iter().all(|keep| keep(endpoint))
     }
 
-    /// Publishes the filtered set if it differs from the published one (or is the first).
-    fn publish(&self) {
-        let endpoints: BTreeMap<_, _> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| self.passes(e))
-            .map(|(id, e)| (id.clone(), e.clone()))
-            .collect();
-        let malformed: Vec<_> = self.malformed.values().cloned().collect();
-        let revision = self.revision;
-        self.sender.send_if_modified(|published| {
-            let same_error = match (&published.error, &self.error) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            };
-            let same = same_error
-                && (published.is_ready() || self.error.is_some())
-                && published.malformed == malformed
-                && published.endpoints.len() == endpoints.len()
-                && published
-                    .endpoints
-                    .iter()
-                    .zip(&endpoints)
-                    .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y));
-            if same {
-                return false;
+    /// Publishes the filtered set if it differs from the published one (or is the first), with
+    /// the changes from the published one: O(log n) per changed instance.
+    fn publish(&mut self) {
+        let published = self.sender.borrow().clone();
+        let touched = std::mem::take(&mut self.touched);
+        let delta = (!std::mem::take(&mut self.overflow)).then(|| {
+            let mut delta = Vec::new();
+            for id in &touched {
+                changed(published.endpoints.get(id), self.visible.get(id), &mut delta);
             }
-            *published = Arc::new(ServiceSet {
-                revision,
-                endpoints,
-                malformed,
-                error: self.error.clone(),
-            });
-            true
+            for id in &touched {
+                if !published.endpoints.contains_key(id) {
+                    if let Some(after) = self.visible.get(id) {
+                        delta.push(Change::Insert(after.clone()));
+                    }
+                }
+            }
+            delta
         });
+        let same_endpoints = match &delta {
+            Some(delta) => delta.is_empty(),
+            None => !differs(&published.endpoints, &self.visible),
+        };
+        let malformed: Vec<_> = self.malformed.values().cloned().collect();
+        let same_error = match (&published.error, &self.error) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        let same = same_error
+            && (published.is_ready() || self.error.is_some())
+            && same_endpoints
+            && published.malformed == malformed;
+        if same {
+            return;
+        }
+        self.seq += 1;
+        self.sender.send_replace(Arc::new(ServiceSet {
+            revision: self.revision,
+            endpoints: self.visible.clone(),
+            malformed,
+            error: self.error.clone(),
+            seq: self.seq,
+            delta,
+        }));
     }
 }
 
@@ -774,10 +882,12 @@ mod tests {
                 .collect(),
             malformed: Vec::new(),
             error: None,
+            seq: 0,
+            delta: None,
         }
     }
 
-    fn describe(changes: VecDeque<Change<()>>) -> Vec<String> {
+    fn describe<T>(changes: VecDeque<Change<T>>) -> Vec<String> {
         changes
             .into_iter()
             .map(|c| match c {
@@ -815,5 +925,153 @@ mod tests {
         let mut out = VecDeque::new();
         diff(&set(&[&a]), &set(&[&a]), &mut out);
         assert!(out.is_empty());
+    }
+
+    /// Every snapshot's recorded changes are exactly the diff from the one before, for changes
+    /// made by registrations, filters (a status leaving and re-entering the set), updates, raw
+    /// writes of several keys in one revision, a malformed entry and a deregistration.
+    #[tokio::test]
+    async fn recorded_changes_equal_the_diff_from_the_previous_snapshot() {
+        use crate::service::{Instance, Status, register};
+        use coord_core::etcd_client::{Txn, TxnOp};
+        use std::time::Duration;
+
+        let etcd = coord_testkit::shared().await.expect("shared etcd");
+        let client = coord_core::ClientConfig::new(etcd.endpoints())
+            .with_namespace(coord_testkit::unique_namespace("svc_delta"))
+            .connect()
+            .await
+            .expect("connect");
+        let session = coord_core::Session::new(client.clone(), Duration::from_secs(10))
+            .await
+            .expect("session");
+        let mut discovery = Discovery::<u32>::builder(&client, "svc")
+            .statuses([Status::Healthy])
+            .start()
+            .expect("start");
+        let mut prev = discovery.wait_ready().await.expect("ready").clone();
+        let mut receiver = discovery.receiver.clone();
+        receiver.borrow_and_update();
+        let mut checked = Vec::new();
+        let mut next = async |prev: &mut Arc<ServiceSet<u32>>| {
+            tokio::time::timeout(Duration::from_secs(30), receiver.changed())
+                .await
+                .expect("a snapshot in time")
+                .expect("discovery running");
+            let set = receiver.borrow_and_update().clone();
+            assert_eq!(set.seq, prev.seq + 1, "a snapshot was skipped");
+            let recorded = set.delta.clone().expect("changes recorded");
+            let mut diffed = VecDeque::new();
+            diff(prev, &set, &mut diffed);
+            assert_eq!(describe(recorded.into()), describe(diffed.clone()));
+            *prev = set;
+            describe(diffed).join(" ")
+        };
+
+        let a = register(&session, "svc", Instance::new("a", "h:1", 1))
+            .await
+            .expect("register a");
+        checked.push(next(&mut prev).await);
+        let b = register(&session, "svc", Instance::new("b", "h:2", 2))
+            .await
+            .expect("register b");
+        checked.push(next(&mut prev).await);
+        a.set_status(Status::Draining).await.expect("drain a");
+        checked.push(next(&mut prev).await);
+        a.set_status(Status::Healthy).await.expect("a healthy");
+        checked.push(next(&mut prev).await);
+        b.update(7).await.expect("update b");
+        checked.push(next(&mut prev).await);
+        // One revision: b deleted, a malformed entry, a third instance written as `register`
+        // would.
+        let c_value = client
+            .get(b.key().to_owned(), None)
+            .await
+            .expect("read b")
+            .kvs()
+            .first()
+            .map(|kv| kv.value().to_vec())
+            .expect("b stored");
+        let prefix = format!("{}/", client.key("svc"));
+        client
+            .txn(Txn::new().and_then([
+                TxnOp::delete(b.key(), None),
+                TxnOp::put(format!("{prefix}x"), "not a record", None),
+                TxnOp::put(format!("{prefix}c"), c_value, None),
+            ]))
+            .await
+            .expect("txn");
+        checked.push(next(&mut prev).await);
+        a.deregister().await.expect("deregister a");
+        checked.push(next(&mut prev).await);
+
+        let inserts_and_updates: Vec<&str> = checked.iter().map(String::as_str).collect();
+        assert_eq!(inserts_and_updates.len(), 7);
+        assert!(inserts_and_updates[0].starts_with("+a@"), "{inserts_and_updates:?}");
+        assert!(inserts_and_updates[2].starts_with("-a@"), "{inserts_and_updates:?}");
+        assert!(inserts_and_updates[3].starts_with("+a@"), "{inserts_and_updates:?}");
+        assert!(inserts_and_updates[4].starts_with("~b@"), "{inserts_and_updates:?}");
+        assert!(
+            inserts_and_updates[5].starts_with("-b@") && inserts_and_updates[5].contains(" +c@"),
+            "{inserts_and_updates:?}"
+        );
+        assert_eq!(prev.malformed.len(), 1);
+        assert!(inserts_and_updates[6].starts_with("-a@"), "{inserts_and_updates:?}");
+        assert_eq!(prev.endpoints.keys().collect::<Vec<_>>(), ["c"]);
+        drop(b);
+    }
+
+    /// A snapshot with more changes than [`RECORDED_CHANGES`] records none, and [`Changes`]
+    /// diffs the sets instead; the next small change is recorded again.
+    #[tokio::test]
+    async fn many_changes_at_once_are_diffed_not_recorded() {
+        use coord_core::etcd_client::{Txn, TxnOp};
+        use std::time::Duration;
+
+        let etcd = coord_testkit::shared().await.expect("shared etcd");
+        let client = coord_core::ClientConfig::new(etcd.endpoints())
+            .with_namespace(coord_testkit::unique_namespace("svc_many"))
+            .connect()
+            .await
+            .expect("connect");
+        let prefix = format!("{}/", client.key("svc"));
+        let value = |i: usize| format!(r#"{{"Op":0,"Addr":"h:{i}"}}"#);
+        let many = RECORDED_CHANGES + 44;
+        for chunk in (0..many).collect::<Vec<_>>().chunks(100) {
+            let puts = chunk
+                .iter()
+                .map(|i| TxnOp::put(format!("{prefix}{i:04}"), value(*i), None));
+            client
+                .txn(Txn::new().and_then(puts.collect::<Vec<_>>()))
+                .await
+                .expect("txn");
+        }
+        let mut discovery = Discovery::<()>::builder(&client, "svc")
+            .start()
+            .expect("start");
+        let mut changes = discovery.changes();
+        let first = discovery.wait_ready().await.expect("ready").clone();
+        assert_eq!(first.len(), many);
+        assert!(first.delta.is_none(), "{many} changes recorded");
+        for _ in 0..many {
+            let change = tokio::time::timeout(Duration::from_secs(30), changes.next())
+                .await
+                .expect("a change in time")
+                .expect("discovery running");
+            assert!(matches!(change, Change::Insert(_)), "{change:?}");
+        }
+
+        client
+            .put(format!("{prefix}new"), value(0), None)
+            .await
+            .expect("put");
+        let change = tokio::time::timeout(Duration::from_secs(30), changes.next())
+            .await
+            .expect("a change in time")
+            .expect("discovery running");
+        assert_eq!(change.id(), "new");
+        let set = changes.current().clone();
+        assert_eq!(set.seq, first.seq + 1);
+        assert_eq!(set.delta.as_ref().map(Vec::len), Some(1));
     }
 }

@@ -73,3 +73,15 @@ pub use registration::{
     Registration, RegistrationBuilder, RegistrationState, SessionFuture, register,
 };
 pub use wire::Origin;
+
+/// The persistent ordered map of [`ServiceSet::endpoints`] (from the `imbl` crate): reads like a
+/// `BTreeMap`, and a clone or a changed copy shares the unchanged parts.
+///
+/// ```
+/// let mut map: coord_discovery::service::OrdMap<String, u32> = Default::default();
+/// map.insert("a".to_owned(), 1);
+/// let before = map.clone();
+/// map.insert("b".to_owned(), 2);
+/// assert_eq!((before.len(), map.len()), (1, 2));
+/// ```
+pub use imbl::OrdMap;
