@@ -509,6 +509,9 @@ impl<T> ConfigMap<T> {
 
     /// Waits until the prefix has been read once, and returns that snapshot (marked as seen).
     ///
+    /// While etcd cannot be reached at all, the background task keeps retrying and this waits
+    /// with it; bound it with [`tokio::time::timeout`] where a start-up deadline applies.
+    ///
     /// # Errors
     ///
     /// [`ConfigError::Closed`] when the background task is gone.

@@ -484,6 +484,9 @@ impl<T> Config<T> {
 
     /// Waits until the key has been read once, and returns that snapshot (marked as seen).
     ///
+    /// While etcd cannot be reached at all, the background task keeps retrying and this waits
+    /// with it; bound it with [`tokio::time::timeout`] where a start-up deadline applies.
+    ///
     /// # Errors
     ///
     /// [`ConfigError::Closed`] when the background task is gone.
