@@ -144,8 +144,8 @@ impl std::fmt::Debug for EtcdSettings {
     }
 }
 
-/// `[etcd.tls]`: certificates for etcd (every file is PEM; any subset may be given, a CA alone
-/// included).
+/// `[etcd.tls]` (and `[agent.fleetlock.tls]`): certificates for etcd or a FleetLock server
+/// (every file is PEM; any subset may be given, a CA alone included).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -338,7 +338,7 @@ impl EtcdSettings {
     }
 }
 
-fn read(path: &Path) -> Result<String, ConfigError> {
+pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,

@@ -2,10 +2,19 @@
 //! `POST <base>v1/steady-state` with `fleet-lock-protocol: true` and
 //! `{"client_params":{"id","group"}}`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::{StatusCode, Url};
+use http_body_util::{BodyExt, Full};
+use hyper::StatusCode;
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
+use url::Url;
 
 use crate::fleetlock::{ErrorKind, Operation, PROTOCOL_HEADER};
 use crate::groups::{GroupName, HolderId};
@@ -14,11 +23,19 @@ use crate::groups::{GroupName, HolderId};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The base URL cannot be used (not http(s), or cannot be a base).
+    /// The base URL cannot be used (not http(s), or cannot be a base), or TLS settings came
+    /// with an `http://` URL.
     #[error("invalid FleetLock URL {url:?}: {reason}")]
     Url {
         /// The URL given.
         url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A CA certificate or client identity that cannot be used (not PEM, no certificate, a key
+    /// that does not match).
+    #[error("FleetLock TLS settings: {reason}")]
+    Tls {
         /// What is wrong.
         reason: String,
     },
@@ -38,9 +55,9 @@ pub enum ClientError {
         /// The HTTP status.
         status: StatusCode,
     },
-    /// No answer: connection refused, timeout, reset.
+    /// No answer: connection refused, a TLS handshake that failed, a timeout, a reset.
     #[error("FleetLock server unreachable")]
-    Transport(#[source] reqwest::Error),
+    Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ClientError {
@@ -54,7 +71,7 @@ impl ClientError {
     /// wrong URL) needs a person.
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Url { .. } => false,
+            ClientError::Url { .. } | ClientError::Tls { .. } => false,
             ClientError::Transport(_) => true,
             ClientError::Refused { status, .. } | ClientError::Status { status } => {
                 self.is_full()
@@ -72,11 +89,110 @@ struct ErrorBody {
     value: String,
 }
 
+/// TLS settings of a [`FleetLockClient`] for an `https://` server, all PEM: CA certificates to
+/// trust besides the system's, and a client certificate with its key for servers (or proxies)
+/// that ask for one. The default trusts the system's CAs only.
+///
+/// ```
+/// # fn demo() -> std::io::Result<()> {
+/// let tls = coord_reboot::agent::FleetLockTls::new()
+///     .with_ca_pem(std::fs::read("/etc/coord-reboot/ca.pem")?);
+/// # let _ = tls; Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct FleetLockTls {
+    ca_pem: Option<Vec<u8>>,
+    identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for FleetLockTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetLockTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("identity", &self.identity_pem.is_some())
+            .finish()
+    }
+}
+
+impl FleetLockTls {
+    /// Trust the system's CAs only, no client certificate.
+    pub fn new() -> FleetLockTls {
+        FleetLockTls::default()
+    }
+
+    /// Also trust the CA certificate(s) of this PEM.
+    pub fn with_ca_pem(mut self, pem: Vec<u8>) -> FleetLockTls {
+        self.ca_pem = Some(pem);
+        self
+    }
+
+    /// Present this client certificate (PEM, with any chain) and its key (PEM).
+    pub fn with_identity_pem(mut self, cert: Vec<u8>, key: Vec<u8>) -> FleetLockTls {
+        self.identity_pem = Some((cert, key));
+        self
+    }
+
+    fn is_default(&self) -> bool {
+        self.ca_pem.is_none() && self.identity_pem.is_none()
+    }
+
+    /// The rustls configuration: the system's CAs and this CA, this identity; the *ring*
+    /// provider, chosen here rather than taken from a process-wide default.
+    fn client_config(&self) -> Result<rustls::ClientConfig, ClientError> {
+        let bad = |reason: String| ClientError::Tls { reason };
+        let mut roots = rustls::RootCertStore::empty();
+        // Unreadable system certificates are skipped, as every TLS client does; a CA given here
+        // must be usable.
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if let Some(pem) = &self.ca_pem {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(format!("CA certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(bad("CA certificates: no certificate in the PEM".to_owned()));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| bad(format!("CA certificate: {e}")))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots);
+        match &self.identity_pem {
+            None => Ok(builder.with_no_client_auth()),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad(format!("client certificate: {e}")))?;
+                if chain.is_empty() {
+                    return Err(bad(
+                        "client certificate: no certificate in the PEM".to_owned()
+                    ));
+                }
+                let key = PrivateKeyDer::from_pem_slice(key)
+                    .map_err(|e| bad(format!("client key: {e}")))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| bad(format!("client certificate and key: {e}")))
+            }
+        }
+    }
+}
+
+/// The most of a response body read; FleetLock's are empty or a small JSON error.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
 /// A FleetLock client for one base URL.
 #[derive(Debug, Clone)]
 pub struct FleetLockClient {
     base: Url,
-    http: reqwest::Client,
+    http: HttpClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    timeout: Duration,
 }
 
 impl FleetLockClient {
@@ -84,12 +200,12 @@ impl FleetLockClient {
     /// so `http://host/fleetlock` means `http://host/fleetlock/v1/…`, unlike Zincati, which
     /// would drop `fleetlock`). Each request gives up after `timeout`.
     ///
-    /// Only `http` URLs work: this build has no TLS for FleetLock; put the server behind a
-    /// local TLS-terminating proxy, or use the etcd backend (which has TLS).
+    /// `https://` URLs are checked against the system's CAs; [`with_tls`](Self::with_tls) adds
+    /// a CA or a client certificate.
     ///
     /// # Errors
     ///
-    /// [`ClientError::Url`] for a URL that is not `http`, or cannot be a base.
+    /// [`ClientError::Url`] for a URL that is not `http` or `https`, or cannot be a base.
     ///
     /// ```
     /// use std::time::Duration;
@@ -100,15 +216,39 @@ impl FleetLockClient {
     /// assert!(FleetLockClient::new("ftp://coordinator/", Duration::from_secs(30)).is_err());
     /// ```
     pub fn new(base: &str, timeout: Duration) -> Result<FleetLockClient, ClientError> {
+        FleetLockClient::with_tls(base, timeout, &FleetLockTls::new())
+    }
+
+    /// A client as [`new`](Self::new), with TLS settings for an `https://` server.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new); [`ClientError::Url`] for TLS settings with an `http://` URL;
+    /// [`ClientError::Tls`] for a CA or identity that cannot be used.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use coord_reboot::agent::{FleetLockClient, FleetLockTls};
+    ///
+    /// let tls = FleetLockTls::new().with_ca_pem(b"not PEM".to_vec());
+    /// let err = FleetLockClient::with_tls("https://coordinator/", Duration::from_secs(30), &tls);
+    /// assert!(err.is_err());
+    /// ```
+    pub fn with_tls(
+        base: &str,
+        timeout: Duration,
+        tls: &FleetLockTls,
+    ) -> Result<FleetLockClient, ClientError> {
         let bad = |reason: &str| ClientError::Url {
             url: base.to_owned(),
             reason: reason.to_owned(),
         };
         let mut url = Url::parse(base).map_err(|e| bad(&e.to_string()))?;
-        if url.scheme() != "http" {
-            return Err(bad(
-                "only http:// is supported (no TLS for FleetLock in this build)",
-            ));
+        match url.scheme() {
+            "https" => {}
+            "http" if tls.is_default() => {}
+            "http" => return Err(bad("TLS settings need an https:// URL")),
+            _ => return Err(bad("only http:// and https:// are supported")),
         }
         if url.cannot_be_a_base() {
             return Err(bad("cannot be a base URL"));
@@ -117,11 +257,23 @@ impl FleetLockClient {
             let path = format!("{}/", url.path());
             url.set_path(&path);
         }
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| bad(&e.to_string()))?;
-        Ok(FleetLockClient { base: url, http })
+        let tls = if url.scheme() == "https" {
+            tls.client_config()?
+        } else {
+            // Never used for http://, but the connector needs one.
+            FleetLockTls::new().client_config()?
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let http = HttpClient::builder(TokioExecutor::new()).build(connector);
+        Ok(FleetLockClient {
+            base: url,
+            http,
+            timeout,
+        })
     }
 
     /// The base URL (ending with `/`).
@@ -171,20 +323,36 @@ impl FleetLockClient {
             "client_params": { "id": id.as_str(), "group": group.as_str() }
         })
         .to_string();
-        let response = self
-            .http
-            .post(url)
+        let request = hyper::Request::post(url.as_str())
             .header(PROTOCOL_HEADER, "true")
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Url {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| ClientError::Transport(e.into()))?;
+            let status = response.status();
+            // Read to the end (so the connection can be reused), up to a bound: FleetLock
+            // answers are an empty body or a small `{kind, value}`.
+            let text = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map(|body| body.to_bytes())
+                .unwrap_or_default();
+            Ok((status, text))
+        };
+        let (status, text) = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(ClientError::Transport)?;
-        let status = response.status();
+            .map_err(|elapsed| ClientError::Transport(Box::new(elapsed)))??;
         if status.is_success() {
             return Ok(());
         }
-        let text = response.bytes().await.unwrap_or_default();
         match serde_json::from_slice::<ErrorBody>(&text) {
             Ok(error) => Err(ClientError::Refused {
                 status,

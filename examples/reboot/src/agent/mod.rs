@@ -62,7 +62,7 @@ use jiff::Timestamp;
 use tokio::sync::watch;
 
 pub use backend::{Backend, BackendError};
-pub use client::{ClientError, FleetLockClient};
+pub use client::{ClientError, FleetLockClient, FleetLockTls};
 pub use command::{CommandError, CommandLine};
 pub use plan::{Facts, SlotState, Step, plan};
 pub use settings::{
@@ -204,14 +204,7 @@ impl Agent {
     pub async fn connect(config: &AgentConfig) -> Result<Agent, AgentError> {
         let settings = &config.agent;
         let backend = match (&settings.fleetlock, &config.etcd) {
-            (Some(fleetlock), _) => Backend::FleetLock(
-                FleetLockClient::new(&fleetlock.url, fleetlock.timeout).map_err(|e| {
-                    ConfigError::Invalid {
-                        field: "agent.fleetlock.url".to_owned(),
-                        reason: e.to_string(),
-                    }
-                })?,
-            ),
+            (Some(fleetlock), _) => Backend::FleetLock(fleetlock.client()?),
             (None, Some(etcd)) => {
                 let client = etcd
                     .client_config()?

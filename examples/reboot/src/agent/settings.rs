@@ -23,8 +23,13 @@
 //! time_zone = "Europe/Berlin"     # default: the system's
 //!
 //! [agent.fleetlock]
-//! url = "http://coordinator:9090/"
+//! url = "http://coordinator:9090/"   # or https://…: checked against the system's CAs
 //! timeout = "30s"
+//!
+//! # [agent.fleetlock.tls]          # only with https://
+//! # ca_file = "/etc/coord-reboot/ca.pem"       # CAs to trust besides the system's
+//! # cert_file = "/etc/coord-reboot/node.pem"   # a client certificate, if the server asks
+//! # key_file = "/etc/coord-reboot/node-key.pem"
 //! ```
 //!
 //! Unknown keys are errors.
@@ -36,7 +41,7 @@ use serde::Deserialize;
 
 use super::command::CommandLine;
 use super::window::{Schedule, Window};
-use crate::config::{ConfigError, EtcdSettings};
+use crate::config::{ConfigError, EtcdSettings, TlsSettings};
 use crate::groups::{GroupName, HolderId};
 
 /// The signal file checked when no signal is configured.
@@ -136,11 +141,82 @@ pub struct WindowSettings {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct FleetLockSettings {
-    /// The server's base URL (`http://coordinator:9090/`).
+    /// The server's base URL (`http://coordinator:9090/` or `https://…`).
     pub url: String,
     /// How long one request may take. Default `30s`.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// `[agent.fleetlock.tls]`, for an `https://` URL: `ca_file` (CAs to trust besides the
+    /// system's), `cert_file` and `key_file` (a client certificate). `domain` is not supported
+    /// here: the URL's host is the name checked.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+}
+
+impl FleetLockSettings {
+    /// The client these settings describe, with the certificate files read.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`] for a file that cannot be read; [`ConfigError::Invalid`] for a bad
+    /// URL, contradicting settings, or certificates that cannot be used.
+    ///
+    /// ```
+    /// let config = coord_reboot::agent::AgentConfig::from_toml(
+    ///     "[agent]\n[agent.fleetlock]\nurl = \"https://coordinator/\"\n",
+    /// ).unwrap();
+    /// let client = config.agent.fleetlock.unwrap().client().unwrap();
+    /// assert_eq!(client.base().scheme(), "https");
+    /// ```
+    pub fn client(&self) -> Result<super::FleetLockClient, ConfigError> {
+        self.check()?;
+        let mut tls = super::FleetLockTls::new();
+        if let Some(settings) = &self.tls {
+            if let Some(ca) = &settings.ca_file {
+                tls = tls.with_ca_pem(crate::config::read(ca)?.into_bytes());
+            }
+            if let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) {
+                tls = tls.with_identity_pem(
+                    crate::config::read(cert)?.into_bytes(),
+                    crate::config::read(key)?.into_bytes(),
+                );
+            }
+        }
+        super::FleetLockClient::with_tls(&self.url, self.timeout, &tls).map_err(|e| match e {
+            super::ClientError::Tls { reason } => invalid("agent.fleetlock.tls", reason),
+            other => invalid("agent.fleetlock.url", other.to_string()),
+        })
+    }
+
+    /// Everything that can be checked without reading the certificate files.
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.timeout.is_zero() {
+            return Err(invalid("agent.fleetlock.timeout", "must be positive"));
+        }
+        let client = super::FleetLockClient::new(&self.url, self.timeout)
+            .map_err(|e| invalid("agent.fleetlock.url", e.to_string()))?;
+        if let Some(tls) = &self.tls {
+            if client.base().scheme() != "https" {
+                return Err(invalid(
+                    "agent.fleetlock.tls",
+                    "TLS settings need an https:// url",
+                ));
+            }
+            if tls.domain.is_some() {
+                return Err(invalid(
+                    "agent.fleetlock.tls.domain",
+                    "not supported for FleetLock: the url's host is the name checked",
+                ));
+            }
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(invalid(
+                    "agent.fleetlock.tls",
+                    "cert_file and key_file go together",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the agent checks for "a reboot is needed".
@@ -244,11 +320,7 @@ impl AgentConfig {
                         "only for the etcd backend (a FleetLock server sets its own)",
                     ));
                 }
-                if fleetlock.timeout.is_zero() {
-                    return Err(invalid("agent.fleetlock.timeout", "must be positive"));
-                }
-                super::FleetLockClient::new(&fleetlock.url, fleetlock.timeout)
-                    .map_err(|e| invalid("agent.fleetlock.url", e.to_string()))?;
+                fleetlock.check()?;
             }
             (None, Some(_)) => {}
         }
@@ -445,10 +517,21 @@ mod tests {
             };
             assert!(AgentConfig::from_toml(&text).is_err(), "accepted {bad}");
         }
-        assert!(
-            AgentConfig::from_toml("[agent]\n[agent.fleetlock]\nurl = \"https://coordinator/\"\n")
-                .is_err(),
-            "no TLS for FleetLock in this build"
-        );
+        for (url, tls) in [
+            ("http://coordinator/", "ca_file = \"ca.pem\""),
+            ("https://coordinator/", "cert_file = \"node.pem\""),
+            ("https://coordinator/", "domain = \"other\""),
+            ("https://coordinator/", "unknown = 1"),
+        ] {
+            let text = format!(
+                "[agent]\n[agent.fleetlock]\nurl = \"{url}\"\n[agent.fleetlock.tls]\n{tls}\n"
+            );
+            assert!(
+                AgentConfig::from_toml(&text).is_err(),
+                "accepted {url} with {tls}"
+            );
+        }
+        let https = "[agent]\n[agent.fleetlock]\nurl = \"https://coordinator/\"\n";
+        assert!(AgentConfig::from_toml(https).is_ok());
     }
 }
