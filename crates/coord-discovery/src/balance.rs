@@ -88,6 +88,8 @@ pub struct Balancer<T> {
     sets: watch::Receiver<Arc<ServiceSet<T>>>,
     strategy: Strategy,
     shared: Arc<Shared>,
+    /// The candidates of the last set picked from, while no instance is down.
+    cache: Arc<Mutex<Option<Arc<Candidates<T>>>>>,
 }
 
 struct Shared {
@@ -95,6 +97,19 @@ struct Shared {
     next: AtomicUsize,
     rng: AtomicU64,
     instances: Mutex<HashMap<String, Arc<Health>>>,
+    /// How many instances have at least `policy.threshold` errors on record (down, or down until
+    /// their period ran out). While there is none, no instance is down and picks use the cached
+    /// candidates of the set without looking at any instance's health.
+    over_threshold: AtomicUsize,
+}
+
+/// Every instance of one set, in id order, with the running sum of their weights: what a pick
+/// needs when no instance is down, built once per set.
+struct Candidates<T> {
+    set: Arc<ServiceSet<T>>,
+    all: Vec<Arc<Endpoint<T>>>,
+    /// `cumulative[i]` = the weights of `all[..=i]`.
+    cumulative: Vec<u64>,
 }
 
 /// What this client knows of one instance.
@@ -109,6 +124,9 @@ struct Health {
 struct Errors {
     count: u32,
     last: Option<Instant>,
+    /// Forgotten by the balancer (the instance left the set): errors reported through a
+    /// `Picked` still held no longer count.
+    departed: bool,
 }
 
 impl<T> Clone for Balancer<T> {
@@ -117,6 +135,7 @@ impl<T> Clone for Balancer<T> {
             sets: self.sets.clone(),
             strategy: self.strategy,
             shared: self.shared.clone(),
+            cache: self.cache.clone(),
         }
     }
 }
@@ -167,7 +186,9 @@ impl<T> Balancer<T> {
                 next: AtomicUsize::new(0),
                 rng: AtomicU64::new(seed | 1),
                 instances: Mutex::new(HashMap::new()),
+                over_threshold: AtomicUsize::new(0),
             }),
+            cache: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -194,6 +215,7 @@ impl<T> Balancer<T> {
                 next: AtomicUsize::new(self.shared.next.load(Ordering::Relaxed)),
                 rng: AtomicU64::new(self.shared.rng.load(Ordering::Relaxed)),
                 instances: Mutex::new(HashMap::new()),
+                over_threshold: AtomicUsize::new(0),
             }),
             ..self
         }
@@ -222,12 +244,37 @@ impl<T> Balancer<T> {
     /// ```
     pub fn pick(&self) -> Option<Picked<T>> {
         let set = self.snapshot();
+        if let Some(cached) = self.cached(&set) {
+            // No instance is down: O(1) (O(log n) weighted) from the set's cached candidates.
+            let all = &cached.all;
+            let chosen = match self.strategy {
+                Strategy::RoundRobin => all.get(self.turn() % all.len().max(1)),
+                Strategy::Random | Strategy::ConsistentHash => {
+                    let total = cached.cumulative.last().copied().unwrap_or(0);
+                    if total == 0 {
+                        all.get(self.random_below(all.len() as u64)? as usize)
+                    } else {
+                        let point = self.random_below(total)?;
+                        all.get(cached.cumulative.partition_point(|&sum| sum <= point))
+                    }
+                }
+                Strategy::PowerOfTwoChoices => {
+                    let (a, b) = self.two_indices(all.len() as u64)?;
+                    let (a, b) = (all.get(a)?, all.get(b)?);
+                    Some(if self.load(&b.id) < self.load(&a.id) {
+                        b
+                    } else {
+                        a
+                    })
+                }
+            }?;
+            return Some(self.picked(chosen));
+        }
         let candidates = self.candidates(&set);
         let chosen = match self.strategy {
-            Strategy::RoundRobin => {
-                let turn = self.shared.next.fetch_add(1, Ordering::Relaxed);
-                candidates.get(turn % candidates.len().max(1)).copied()
-            }
+            Strategy::RoundRobin => candidates
+                .get(self.turn() % candidates.len().max(1))
+                .copied(),
             Strategy::Random | Strategy::ConsistentHash => self.weighted_random(&candidates),
             Strategy::PowerOfTwoChoices => self.two_choices(&candidates),
         }?;
@@ -247,13 +294,16 @@ impl<T> Balancer<T> {
             return self.pick();
         }
         let set = self.snapshot();
-        let candidates = self.candidates(&set);
-        let chosen = candidates.iter().copied().max_by(|a, b| {
+        let by_score = |a: &&Arc<Endpoint<T>>, b: &&Arc<Endpoint<T>>| {
             rendezvous_score(key, a)
                 .total_cmp(&rendezvous_score(key, b))
                 .then_with(|| b.id.cmp(&a.id))
-        })?;
-        Some(self.picked(chosen))
+        };
+        let chosen = match self.cached(&set) {
+            Some(cached) => cached.all.iter().max_by(by_score)?.clone(),
+            None => (*self.candidates(&set).into_iter().max_by(by_score)?).clone(),
+        };
+        Some(self.picked(&chosen))
     }
 
     /// Records an error of the instance `id` (a failed call, a refused connection): after
@@ -266,14 +316,14 @@ impl<T> Balancer<T> {
     /// # }
     /// ```
     pub fn report_error(&self, id: &str) {
-        self.health(id).record_error(self.shared.policy.period);
+        self.health(id).record_error(&self.shared);
     }
 
     /// Records a success of the instance `id`: it is no longer down and its errors are forgotten.
     /// [`Picked::succeeded`] does the same.
     pub fn report_success(&self, id: &str) {
         if let Some(health) = lock(&self.shared.instances).get(id).cloned() {
-            *lock(&health.errors) = Errors::default();
+            health.reset(&self.shared);
         }
     }
 
@@ -313,13 +363,62 @@ impl<T> Balancer<T> {
                 .is_some_and(|last| now.duration_since(last) < self.shared.policy.period)
     }
 
+    fn turn(&self) -> usize {
+        self.shared.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The cached candidates of `set` when no instance can be down (built on the first pick from
+    /// a new set); `None` when some instance has enough errors on record to be down.
+    fn cached(&self, set: &Arc<ServiceSet<T>>) -> Option<Arc<Candidates<T>>> {
+        if self.shared.over_threshold.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let mut cache = lock(&self.cache);
+        if let Some(cached) = cache.as_ref().filter(|c| Arc::ptr_eq(&c.set, set)) {
+            return Some(cached.clone());
+        }
+        self.forget_departed(set);
+        let all: Vec<_> = set.iter().cloned().collect();
+        let cumulative = all
+            .iter()
+            .scan(0u64, |sum, e| {
+                *sum = sum.saturating_add(weight(e));
+                Some(*sum)
+            })
+            .collect();
+        let cached = Arc::new(Candidates {
+            set: set.clone(),
+            all,
+            cumulative,
+        });
+        *cache = Some(cached.clone());
+        Some(cached)
+    }
+
+    /// Forgets instances that left the set, so the map does not grow for ever.
+    fn forget_departed(&self, set: &ServiceSet<T>) {
+        let mut instances = lock(&self.shared.instances);
+        if instances.len() > 2 * set.len() + 16 {
+            instances.retain(|id, health| {
+                let keep = set.endpoints.contains_key(id);
+                if !keep {
+                    // A `Picked` may still hold it: no errors, and none counted from now on.
+                    health.depart(&self.shared);
+                }
+                keep
+            });
+        }
+    }
+
     /// The instances that are not down, in id order; all of them when every one is down.
     fn candidates<'a>(&self, set: &'a ServiceSet<T>) -> Vec<&'a Arc<Endpoint<T>>> {
         let now = Instant::now();
-        let mut instances = lock(&self.shared.instances);
-        // Forget instances that left the set, so the map does not grow for ever.
-        if instances.len() > 2 * set.len() + 16 {
-            instances.retain(|id, _| set.endpoints.contains_key(id));
+        self.forget_departed(set);
+        let instances = lock(&self.shared.instances);
+        // Errors whose period ran out no longer count: once none is left on record, picks take
+        // the cached path again.
+        for health in instances.values() {
+            health.expire(&self.shared, now);
         }
         let up: Vec<_> = set
             .iter()
@@ -353,19 +452,23 @@ impl<T> Balancer<T> {
     }
 
     fn two_choices<'a>(&self, candidates: &[&'a Arc<Endpoint<T>>]) -> Option<&'a Arc<Endpoint<T>>> {
-        let n = candidates.len() as u64;
-        let first = self.random_below(n)?;
-        if n == 1 {
-            return candidates.first().copied();
-        }
-        // A second, distinct index.
-        let second = (first + 1 + self.random_below(n - 1)?) % n;
-        let (a, b) = (candidates[first as usize], candidates[second as usize]);
+        let (a, b) = self.two_indices(candidates.len() as u64)?;
+        let (a, b) = (*candidates.get(a)?, *candidates.get(b)?);
         Some(if self.load(&b.id) < self.load(&a.id) {
             b
         } else {
             a
         })
+    }
+
+    /// Two distinct random indices below `n` (the same one twice when `n` is 1).
+    fn two_indices(&self, n: u64) -> Option<(usize, usize)> {
+        let first = self.random_below(n)?;
+        if n == 1 {
+            return Some((0, 0));
+        }
+        let second = (first + 1 + self.random_below(n - 1)?) % n;
+        Some((first as usize, second as usize))
     }
 
     /// A uniform number below `n` (`None` when `n` is 0).
@@ -403,20 +506,72 @@ impl<T> Balancer<T> {
     }
 }
 
+impl Shared {
+    /// Keeps [`Shared::over_threshold`] when an instance's error count moves.
+    fn recount(&self, before: u32, after: u32) {
+        let threshold = self.policy.threshold;
+        match (before >= threshold, after >= threshold) {
+            (false, true) => {
+                self.over_threshold.fetch_add(1, Ordering::AcqRel);
+            }
+            (true, false) => {
+                self.over_threshold.fetch_sub(1, Ordering::AcqRel);
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Health {
-    /// One more error; errors more than `period` apart do not add up.
-    fn record_error(&self, period: Duration) {
+    /// One more error; errors more than the policy's period apart do not add up.
+    fn record_error(&self, shared: &Shared) {
         let mut errors = lock(&self.errors);
+        if errors.departed {
+            return;
+        }
+        let before = errors.count;
         let now = Instant::now();
         let recent = errors
             .last
-            .is_some_and(|last| now.duration_since(last) <= period);
+            .is_some_and(|last| now.duration_since(last) <= shared.policy.period);
         errors.count = if recent {
             errors.count.saturating_add(1)
         } else {
             1
         };
         errors.last = Some(now);
+        shared.recount(before, errors.count);
+    }
+
+    /// A success: no errors on record.
+    fn reset(&self, shared: &Shared) {
+        let mut errors = lock(&self.errors);
+        shared.recount(errors.count, 0);
+        errors.count = 0;
+        errors.last = None;
+    }
+
+    /// The instance left the set and its health is forgotten.
+    fn depart(&self, shared: &Shared) {
+        let mut errors = lock(&self.errors);
+        shared.recount(errors.count, 0);
+        *errors = Errors {
+            departed: true,
+            ..Errors::default()
+        };
+    }
+
+    /// Forgets errors whose period ran out (they would not add up with the next one anyway).
+    fn expire(&self, shared: &Shared, now: Instant) {
+        let mut errors = lock(&self.errors);
+        if errors
+            .last
+            .is_some_and(|last| now.duration_since(last) >= shared.policy.period)
+        {
+            shared.recount(errors.count, 0);
+            errors.count = 0;
+            errors.last = None;
+        }
     }
 
     fn load(&self) -> u64 {
@@ -460,12 +615,12 @@ impl<T> Picked<T> {
 
     /// The request succeeded: the instance is not down.
     pub fn succeeded(self) {
-        *lock(&self.health.errors) = Errors::default();
+        self.health.reset(&self.balancer);
     }
 
     /// The request failed because of the instance: one error towards [`DownPolicy::threshold`].
     pub fn failed(self) {
-        self.health.record_error(self.balancer.policy.period);
+        self.health.record_error(&self.balancer);
     }
 }
 
@@ -694,5 +849,87 @@ mod tests {
         b.report_error("i1");
         assert!(b.is_down("i0") && b.is_down("i1"));
         assert!(b.pick().is_some());
+    }
+
+    /// Picks from the cached candidates (no instance down) and from the filtered ones (some
+    /// instance has errors on record, none down) are the same picks: the same random draws give
+    /// the same instances.
+    #[test]
+    fn cached_and_filtered_picks_agree() {
+        let endpoints: Vec<_> = (0..50)
+            .map(|i| endpoint(&format!("i{i:02}"), Some(i % 4)))
+            .collect();
+        for strategy in [
+            Strategy::RoundRobin,
+            Strategy::Random,
+            Strategy::PowerOfTwoChoices,
+        ] {
+            let (fast, _s) = balancer(&endpoints, strategy);
+            let (slow, _t) = balancer(&endpoints, strategy);
+            let slow = slow.with_down_policy(DownPolicy {
+                threshold: 1,
+                period: Duration::from_secs(3600),
+            });
+            // An instance that is not in the set, down: `slow` filters every pick.
+            slow.report_error("gone");
+            assert!(slow.cached(&slow.snapshot()).is_none());
+            assert!(fast.cached(&fast.snapshot()).is_some());
+            slow.shared.rng.store(7, Ordering::Relaxed);
+            fast.shared.rng.store(7, Ordering::Relaxed);
+            let a: Vec<String> = (0..500).map(|_| fast.pick().unwrap().id.clone()).collect();
+            let b: Vec<String> = (0..500).map(|_| slow.pick().unwrap().id.clone()).collect();
+            assert_eq!(a, b, "{strategy:?}");
+            for key in ["a", "b", "c"] {
+                assert_eq!(
+                    fast.pick_by_key(key.as_bytes()).unwrap().id,
+                    slow.pick_by_key(key.as_bytes()).unwrap().id
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_set_replaces_the_cached_candidates() {
+        let (b, sender) = balancer(&ids(2), Strategy::RoundRobin);
+        assert_eq!(counts(&b, 4).len(), 2);
+        sender.send_replace(set(&[endpoint("new", None)]));
+        assert_eq!(counts(&b, 4).keys().collect::<Vec<_>>(), ["new"]);
+    }
+
+    /// Errors whose period ran out stop counting, and picks use the cache again; errors reported
+    /// through a `Picked` of an instance the balancer forgot do not count at all.
+    #[test]
+    fn errors_that_no_longer_count_leave_the_cached_path_open() {
+        let (b, sender) = balancer(&ids(2), Strategy::RoundRobin);
+        let b = b.with_down_policy(DownPolicy {
+            threshold: 1,
+            period: Duration::from_millis(1),
+        });
+        b.report_error("i0");
+        assert!(b.cached(&b.snapshot()).is_none());
+        let after = Instant::now() + Duration::from_millis(2);
+        while Instant::now() < after {
+            std::hint::spin_loop();
+        }
+        assert!(!b.is_down("i0"));
+        b.pick().unwrap(); // filtered: forgets the expired error
+        assert!(b.cached(&b.snapshot()).is_some());
+
+        let b = b.with_down_policy(DownPolicy {
+            threshold: 1,
+            period: Duration::from_secs(3600),
+        });
+        let held = b.pick().unwrap();
+        let departed = held.id.clone();
+        // Enough other instances seen for the balancer to forget the ones that left the set.
+        for i in 0..20 {
+            b.report_load(&format!("other{i}"), 1);
+        }
+        sender.send_replace(set(&[endpoint("next", None)]));
+        assert_eq!(b.pick().unwrap().id, "next");
+        held.failed();
+        assert!(!b.is_down(&departed));
+        assert_eq!(b.shared.over_threshold.load(Ordering::Relaxed), 0);
+        assert!(b.cached(&b.snapshot()).is_some());
     }
 }

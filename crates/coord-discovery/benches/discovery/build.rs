@@ -247,7 +247,7 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
 
 /// Writes `count` instances under `prefix` in transactions of 100 puts on `lease`, exactly as
 /// `register` would; returns the bytes of keys and values.
-async fn write_instances(
+pub(crate) async fn write_instances(
     writer: &mut coord_core::etcd_client::Client,
     prefix: &str,
     count: u64,

@@ -13,6 +13,8 @@
 //!   one shared client), against a raw put with a lease seen by 100 raw prefix watches.
 //! - `build`: a fresh `Discovery` of 10,000 instances until ready, against a raw prefix range
 //!   read; and its memory (measured in child processes of this binary), against the stored bytes.
+//! - `pick`: a `Balancer` pick with 10 and 10,000 instances, against taking the next instance
+//!   from a `Vec`.
 //!
 //! `COORD_BENCH_SECS` (or `--secs=N`) sets the length of a `visible` round, `COORD_BENCH_ROUNDS`
 //! (or `--rounds=N`) the rounds of every scenario.
@@ -21,6 +23,7 @@
 
 mod alloc;
 mod build;
+mod pick;
 mod record;
 mod visible;
 
@@ -38,7 +41,7 @@ use serde::{Deserialize, Serialize};
 #[global_allocator]
 static ALLOCATOR: alloc::Counting = alloc::Counting;
 
-const SCENARIOS: [&str; 2] = ["visible", "build"];
+const SCENARIOS: [&str; 3] = ["visible", "build", "pick"];
 
 /// How long to wait after a round before reading `/metrics`, so that background clean-ups are
 /// counted in the round that caused them.
@@ -149,6 +152,7 @@ async fn run(options: Options) {
         match *scenario {
             "visible" => visible::run(&bench, &mut report).await,
             "build" => build::run(&bench, &mut report).await,
+            "pick" => pick::run(&bench, &mut report).await,
             _ => unreachable!("scenario names are checked when parsing"),
         }
     }
