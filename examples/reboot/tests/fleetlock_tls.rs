@@ -1,6 +1,6 @@
-//! The agent's FleetLock client over TLS: the server behind a TLS-terminating proxy (the way a
-//! FleetLock server is put behind an ingress), with the CA from `[agent.fleetlock.tls]`, and a
-//! proxy that asks for a client certificate.
+//! The agent's FleetLock client over TLS and through redirects: the server behind a
+//! TLS-terminating proxy (the way a FleetLock server is put behind an ingress), with the CA from
+//! `[agent.fleetlock.tls]`, a proxy that asks for a client certificate, and 308 redirects.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests: failing loudly is the point
 
 use std::sync::Arc;
@@ -16,6 +16,8 @@ struct Secured {
     server: Server,
     /// `https://localhost:<proxy port>/`
     url: String,
+    /// The server itself: `http://127.0.0.1:<port>/`
+    plain: String,
     files: CertFiles,
     _dir: tempfile::TempDir,
 }
@@ -83,6 +85,7 @@ async fn secured(label: &str, client_auth: bool) -> Secured {
     Secured {
         server,
         url,
+        plain: format!("http://{backend}/"),
         files,
         _dir: dir,
     }
@@ -182,4 +185,59 @@ async fn unusable_certificate_files_are_configuration_errors() {
     .unwrap();
     let err = config.agent.fleetlock.unwrap().client().unwrap_err();
     assert!(err.to_string().contains("missing.pem"), "{err}");
+}
+
+/// An HTTP server that answers every request with a 308 to `target` + the request's path.
+async fn redirector(target: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let location = format!("{}{}", target.trim_end_matches('/'), uri.path());
+        async move {
+            (
+                axum::http::StatusCode::PERMANENT_REDIRECT,
+                [(axum::http::header::LOCATION, location)],
+            )
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn permanent_redirects_are_followed_with_the_same_request() {
+    let fleet = secured("fleetlock_redirect", false).await;
+    let node = HolderId::new("node-1").unwrap();
+    let moved = client(&redirector(fleet.plain.clone()).await, "");
+    moved.pre_reboot(&workers(), &node).await.unwrap();
+    assert_eq!(holders(&fleet).await, 1);
+    moved.steady_state(&workers(), &node).await.unwrap();
+    assert_eq!(holders(&fleet).await, 0);
+
+    // A redirect loop ends after a bounded number of hops, as an error that needs a person.
+    let looping_target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let looping = format!("http://{}/", looping_target.local_addr().unwrap());
+    let app = axum::Router::new().fallback({
+        let looping = looping.clone();
+        move || {
+            let looping = looping.clone();
+            async move {
+                (
+                    axum::http::StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, looping)],
+                )
+            }
+        }
+    });
+    tokio::spawn(async move { axum::serve(looping_target, app).await });
+    let err = client(&looping, "")
+        .pre_reboot(&workers(), &node)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Status { status } if status.as_u16() == 307),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(holders(&fleet).await, 0);
 }

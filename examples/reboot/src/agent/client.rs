@@ -187,6 +187,9 @@ impl FleetLockTls {
 /// The most of a response body read; FleetLock's are empty or a small JSON error.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
+/// Redirects followed per request, as many as Zincati's HTTP client (reqwest's default).
+const MAX_REDIRECTS: usize = 10;
+
 /// A FleetLock client for one base URL.
 #[derive(Debug, Clone)]
 pub struct FleetLockClient {
@@ -319,35 +322,13 @@ impl FleetLockClient {
             url: self.base.to_string(),
             reason: e.to_string(),
         })?;
-        let body = serde_json::json!({
-            "client_params": { "id": id.as_str(), "group": group.as_str() }
-        })
-        .to_string();
-        let request = hyper::Request::post(url.as_str())
-            .header(PROTOCOL_HEADER, "true")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ClientError::Url {
-                url: url.to_string(),
-                reason: e.to_string(),
-            })?;
-        let exchange = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| ClientError::Transport(e.into()))?;
-            let status = response.status();
-            // Read to the end (so the connection can be reused), up to a bound: FleetLock
-            // answers are an empty body or a small `{kind, value}`.
-            let text = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map(|body| body.to_bytes())
-                .unwrap_or_default();
-            Ok((status, text))
-        };
-        let (status, text) = tokio::time::timeout(self.timeout, exchange)
+        let body = Bytes::from(
+            serde_json::json!({
+                "client_params": { "id": id.as_str(), "group": group.as_str() }
+            })
+            .to_string(),
+        );
+        let (status, text) = tokio::time::timeout(self.timeout, self.follow(url, body))
             .await
             .map_err(|elapsed| ClientError::Transport(Box::new(elapsed)))??;
         if status.is_success() {
@@ -361,5 +342,68 @@ impl FleetLockClient {
             }),
             Err(_) => Err(ClientError::Status { status }),
         }
+    }
+
+    /// Posts `body` to `url`, following up to [`MAX_REDIRECTS`] 307/308 redirects with the same
+    /// method and body, as Zincati's HTTP client does (a 301/302/303 would turn the POST into a
+    /// GET, which no FleetLock server serves: it is returned as it is). A redirect from https to
+    /// http is not followed.
+    async fn follow(&self, mut url: Url, body: Bytes) -> Result<(StatusCode, Bytes), ClientError> {
+        let mut hops = 0;
+        loop {
+            let (status, location, text) = self.exchange(&url, body.clone()).await?;
+            let redirect = matches!(
+                status,
+                StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+            );
+            let next = location
+                .filter(|_| redirect && hops < MAX_REDIRECTS)
+                .and_then(|location| url.join(&location).ok())
+                .filter(|next| {
+                    next.scheme() == "https" || (next.scheme() == "http" && url.scheme() == "http")
+                });
+            match next {
+                Some(next) => {
+                    url = next;
+                    hops += 1;
+                }
+                None => return Ok((status, text)),
+            }
+        }
+    }
+
+    /// One POST: the status, the `Location` header and the body (read to the end, up to a bound,
+    /// so that the connection can be reused: FleetLock answers are an empty body or a small
+    /// `{kind, value}`).
+    async fn exchange(
+        &self,
+        url: &Url,
+        body: Bytes,
+    ) -> Result<(StatusCode, Option<String>, Bytes), ClientError> {
+        let request = hyper::Request::post(url.as_str())
+            .header(PROTOCOL_HEADER, "true")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Url {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|e| ClientError::Transport(e.into()))?;
+        let status = response.status();
+        let location = response
+            .headers()
+            .get(hyper::header::LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let text = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map(|body| body.to_bytes())
+            .unwrap_or_default();
+        Ok((status, location, text))
     }
 }
