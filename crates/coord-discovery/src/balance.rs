@@ -258,15 +258,7 @@ impl<T> Balancer<T> {
                         all.get(cached.cumulative.partition_point(|&sum| sum <= point))
                     }
                 }
-                Strategy::PowerOfTwoChoices => {
-                    let (a, b) = self.two_indices(all.len() as u64)?;
-                    let (a, b) = (all.get(a)?, all.get(b)?);
-                    Some(if self.load(&b.id) < self.load(&a.id) {
-                        b
-                    } else {
-                        a
-                    })
-                }
+                Strategy::PowerOfTwoChoices => self.two_choices(all.len(), |i| all.get(i)),
             }?;
             return Some(self.picked(chosen));
         }
@@ -276,7 +268,9 @@ impl<T> Balancer<T> {
                 .get(self.turn() % candidates.len().max(1))
                 .copied(),
             Strategy::Random | Strategy::ConsistentHash => self.weighted_random(&candidates),
-            Strategy::PowerOfTwoChoices => self.two_choices(&candidates),
+            Strategy::PowerOfTwoChoices => {
+                self.two_choices(candidates.len(), |i| candidates.get(i).copied())
+            }
         }?;
         Some(self.picked(chosen))
     }
@@ -451,24 +445,24 @@ impl<T> Balancer<T> {
         candidates.last().copied()
     }
 
-    fn two_choices<'a>(&self, candidates: &[&'a Arc<Endpoint<T>>]) -> Option<&'a Arc<Endpoint<T>>> {
-        let (a, b) = self.two_indices(candidates.len() as u64)?;
-        let (a, b) = (*candidates.get(a)?, *candidates.get(b)?);
+    /// The less loaded of two distinct random candidates among `n` (`at(i)` is the `i`-th).
+    fn two_choices<'a>(
+        &self,
+        n: usize,
+        at: impl Fn(usize) -> Option<&'a Arc<Endpoint<T>>>,
+    ) -> Option<&'a Arc<Endpoint<T>>> {
+        let n = n as u64;
+        let first = self.random_below(n)?;
+        if n == 1 {
+            return at(0);
+        }
+        let second = (first + 1 + self.random_below(n - 1)?) % n;
+        let (a, b) = (at(first as usize)?, at(second as usize)?);
         Some(if self.load(&b.id) < self.load(&a.id) {
             b
         } else {
             a
         })
-    }
-
-    /// Two distinct random indices below `n` (the same one twice when `n` is 1).
-    fn two_indices(&self, n: u64) -> Option<(usize, usize)> {
-        let first = self.random_below(n)?;
-        if n == 1 {
-            return Some((0, 0));
-        }
-        let second = (first + 1 + self.random_below(n - 1)?) % n;
-        Some((first as usize, second as usize))
     }
 
     /// A uniform number below `n` (`None` when `n` is 0).
