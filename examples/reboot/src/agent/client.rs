@@ -190,6 +190,30 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Redirects followed per request, as many as Zincati's HTTP client (reqwest's default).
 const MAX_REDIRECTS: usize = 10;
 
+/// The base URL of a FleetLock client, checked (http or https, https only with TLS settings, usable
+/// as a base) and ending with `/`.
+pub(crate) fn base_url(base: &str, tls_default: bool) -> Result<Url, ClientError> {
+    let bad = |reason: &str| ClientError::Url {
+        url: base.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let mut url = Url::parse(base).map_err(|e| bad(&e.to_string()))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if tls_default => {}
+        "http" => return Err(bad("TLS settings need an https:// URL")),
+        _ => return Err(bad("only http:// and https:// are supported")),
+    }
+    if url.cannot_be_a_base() {
+        return Err(bad("cannot be a base URL"));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
 /// A FleetLock client for one base URL.
 #[derive(Debug, Clone)]
 pub struct FleetLockClient {
@@ -242,28 +266,11 @@ impl FleetLockClient {
         timeout: Duration,
         tls: &FleetLockTls,
     ) -> Result<FleetLockClient, ClientError> {
-        let bad = |reason: &str| ClientError::Url {
-            url: base.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let mut url = Url::parse(base).map_err(|e| bad(&e.to_string()))?;
-        match url.scheme() {
-            "https" => {}
-            "http" if tls.is_default() => {}
-            "http" => return Err(bad("TLS settings need an https:// URL")),
-            _ => return Err(bad("only http:// and https:// are supported")),
-        }
-        if url.cannot_be_a_base() {
-            return Err(bad("cannot be a base URL"));
-        }
-        if !url.path().ends_with('/') {
-            let path = format!("{}/", url.path());
-            url.set_path(&path);
-        }
+        let url = base_url(base, tls.is_default())?;
         let tls = if url.scheme() == "https" {
             tls.client_config()?
         } else {
-            // Never used for http://, but the connector needs one.
+            // The system's CAs, for a redirect from http:// to https://.
             FleetLockTls::new().client_config()?
         };
         let connector = hyper_rustls::HttpsConnectorBuilder::new()

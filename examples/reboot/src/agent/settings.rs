@@ -193,10 +193,10 @@ impl FleetLockSettings {
         if self.timeout.is_zero() {
             return Err(invalid("agent.fleetlock.timeout", "must be positive"));
         }
-        let client = super::FleetLockClient::new(&self.url, self.timeout)
+        let base = super::client::base_url(&self.url, true)
             .map_err(|e| invalid("agent.fleetlock.url", e.to_string()))?;
         if let Some(tls) = &self.tls {
-            if client.base().scheme() != "https" {
+            if base.scheme() != "https" {
                 return Err(invalid(
                     "agent.fleetlock.tls",
                     "TLS settings need an https:// url",
