@@ -78,7 +78,10 @@ async fn a_delete_before_the_wait_started_is_still_seen() {
         .header()
         .unwrap()
         .revision();
-    assert!((deleted..=now).contains(&got), "{deleted} <= {got} <= {now}");
+    assert!(
+        (deleted..=now).contains(&got),
+        "{deleted} <= {got} <= {now}"
+    );
 }
 
 #[tokio::test]
