@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BOUND, queue_len_becomes};
+use common::{BOUND, queue, queue_len_becomes};
 use coord_core::{Client, ClientConfig, Session};
 use coord_lock::{Limit, Mutex, Semaphore};
 use coord_testkit::{Etcd, FaultProxy};
@@ -108,4 +108,41 @@ async fn a_semaphore_waiter_survives_reconnects_and_compaction() {
         .expect("waiter lost after compaction")
         .unwrap();
     got.unwrap().release().await.unwrap();
+}
+
+/// The empty-queue transaction's answer is lost after etcd applied it: the retry finds the queue
+/// busy (with the caller's own key), Go's transaction finds that key as this call's own, and the
+/// lock is taken with it — one key, no second entry, and nothing left after the unlock.
+#[tokio::test]
+async fn a_lock_whose_empty_queue_answer_is_lost_takes_it_with_its_one_key() {
+    let etcd = Etcd::start().await.unwrap();
+    let proxy = FaultProxy::start(etcd.client_addr()).await.unwrap();
+    let (direct, via_proxy) = clients(&etcd, &proxy).await;
+    let session = Session::new(via_proxy.clone(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mutex = Mutex::new(&session, "l").unwrap();
+    let prefix = mutex.prefix().to_owned();
+
+    proxy.delay(Duration::from_millis(500));
+    let locking = tokio::spawn({
+        let mutex = mutex.clone();
+        async move { mutex.lock().await }
+    });
+    // The put is applied; its answer waits in the proxy until the connection is reset.
+    queue_len_becomes(&direct, &prefix, 1).await;
+    proxy.cut();
+    proxy.heal();
+
+    let guard = tokio::time::timeout(BOUND, locking)
+        .await
+        .expect("lock after a lost answer")
+        .unwrap()
+        .unwrap();
+    assert_eq!(queue(&direct, &prefix).await, vec![mutex.key().to_owned()]);
+    let kv = direct.get(mutex.key(), None).await.unwrap().kvs()[0].clone();
+    assert_eq!(guard.token().revision(), kv.create_revision());
+    guard.unlock().await.unwrap();
+    queue_len_becomes(&direct, &prefix, 0).await;
+    assert!(session.is_alive());
 }

@@ -29,6 +29,50 @@ async fn lock_writes_the_go_key_and_unlock_removes_it() {
     assert!(client.get(expected, None).await.unwrap().kvs().is_empty());
 }
 
+/// A mutex that keeps finding the queue empty takes it with the empty-queue transaction; one that
+/// finds it busy falls back to Go's transaction and waits. The same mutex, back and forth, must
+/// behave identically on both paths.
+#[tokio::test]
+async fn one_mutex_alternates_between_an_empty_and_a_busy_queue() {
+    let client = shared_client("mutex_alternate").await;
+    let (a, b) = (session(&client).await, session(&client).await);
+    let mutex = Mutex::new(&a, "l").unwrap();
+    let other = Mutex::new(&b, "l").unwrap();
+    let prefix = mutex.prefix().to_owned();
+    let mut last = 0;
+    for round in 0..3 {
+        // Empty queue.
+        let guard = mutex.lock().await.unwrap();
+        assert_eq!(queue(&client, &prefix).await, vec![mutex.key().to_owned()]);
+        assert!(guard.token().revision() > last);
+        last = guard.token().revision();
+        guard.unlock().await.unwrap();
+
+        // Busy queue: a waiter behind another session's holder.
+        let held = other.lock().await.unwrap();
+        let waiting = tokio::spawn({
+            let mutex = mutex.clone();
+            async move { mutex.lock().await }
+        });
+        queue_len_becomes(&client, &prefix, 2).await;
+        assert!(
+            !waiting.is_finished(),
+            "round {round}: let in past a holder"
+        );
+        held.unlock().await.unwrap();
+        let guard = tokio::time::timeout(BOUND, waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(queue(&client, &prefix).await, vec![mutex.key().to_owned()]);
+        assert!(guard.token().revision() > last);
+        last = guard.token().revision();
+        guard.unlock().await.unwrap();
+        queue_len_becomes(&client, &prefix, 0).await;
+    }
+}
+
 #[tokio::test]
 async fn waiters_are_served_in_fifo_order() {
     let client = shared_client("mutex_fifo").await;

@@ -11,10 +11,15 @@
 //!   steadier from run to run than the rounds' (rounds of the same variant differ by up to 15 %
 //!   here). The target is judged on this one.
 //!
-//! A fourth variant, "coord's requests, raw", sends exactly the requests coord's Mutex sends (Go's
-//! acquire transaction reading the two newest keys, and the delete guarded by the create
-//! revision) straight through etcd-client: it splits coord's distance from the floor into what
-//! etcd does for those requests and what coord's client code adds.
+//! Two more variants send raw, through etcd-client, the requests a lock with coord's semantics
+//! sends, splitting coord's distance from the floor into what etcd does for those requests and
+//! what coord's client code adds:
+//! - "coord's requests, raw": what coord's Mutex sends while it finds the queue empty — the
+//!   empty-queue transaction `if create_revision([prefix, end)) == 0 then put(k, lease)`, and the
+//!   delete guarded by the create revision;
+//! - "Go's acquire txn, raw": Go's acquire transaction (reading the two newest keys, as coord
+//!   sends it when the queue is busy) and the same guarded delete — coord's uncontended requests
+//!   until 2026-11-30.
 
 use std::time::{Duration, Instant};
 
@@ -42,13 +47,15 @@ enum Cycle {
     Coord {
         mutex: Mutex,
     },
-    /// coord's requests without coord: `if create_revision(k) == 0 then put(k, lease) +
-    /// get(newest two) else get(k) + get(newest two)`, then `if create_revision(k) == rev then
-    /// delete(k)`.
+    /// A lock's requests without coord: the acquire transaction (`fast`: `if
+    /// create_revision([prefix, end)) == 0 then put(k, lease)`; otherwise Go's `if
+    /// create_revision(k) == 0 then put(k, lease) + get(newest two) else get(k) + get(newest
+    /// two)`), then `if create_revision(k) == rev then delete(k)`.
     Requests {
         kv: KvClient,
         key: String,
         prefix: String,
+        fast: bool,
     },
     /// The server runs Go's `concurrency.Mutex` for us.
     Server {
@@ -79,7 +86,12 @@ impl Variant {
                 assert!(created, "the floor's key was left behind");
                 kv.delete(key.clone(), None).await.expect("delete");
             }
-            Cycle::Requests { kv, key, prefix } => {
+            Cycle::Requests {
+                kv,
+                key,
+                prefix,
+                fast,
+            } => {
                 let newest_two =
                     || TxnOp::get(prefix.clone(), Some(coord_core::queue::newest_two()));
                 let create = Txn::new()
@@ -93,6 +105,20 @@ impl Variant {
                         newest_two(),
                     ])
                     .or_else([TxnOp::get(key.clone(), None), newest_two()]);
+                let create = if *fast {
+                    Txn::new()
+                        .when([
+                            Compare::create_revision(prefix.clone(), CompareOp::Equal, 0)
+                                .with_prefix(),
+                        ])
+                        .and_then([TxnOp::put(
+                            key.clone(),
+                            "",
+                            Some(PutOptions::new().with_lease(self.lease)),
+                        )])
+                } else {
+                    create
+                };
                 let created = kv.txn(create).await.expect("create txn");
                 assert!(created.succeeded(), "the variant's key was left behind");
                 let revision = created.header().expect("header").revision();
@@ -159,6 +185,7 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         "coord Mutex",
         "server Lock RPC",
         "coord's requests, raw",
+        "Go's acquire txn, raw",
     ] {
         let client = bench.client(&namespace).await;
         let session = Session::new(client.clone(), TTL).await.expect("session");
@@ -175,6 +202,13 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
                 kv: client.etcd().kv_client(),
                 key: format!("{namespace}requests/{lease:x}"),
                 prefix: format!("{namespace}requests/"),
+                fast: true,
+            },
+            "Go's acquire txn, raw" => Cycle::Requests {
+                kv: client.etcd().kv_client(),
+                key: format!("{namespace}go-txn/{lease:x}"),
+                prefix: format!("{namespace}go-txn/"),
+                fast: false,
             },
             _ => Cycle::Server {
                 lock: client.etcd().lock_client(),
@@ -234,6 +268,15 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         format!("raw {}", mean(3)),
         mean(1),
         Ratio::Time(interleaved[1] / interleaved[3]),
+        Target::None,
+    );
+    report.compare(
+        &format!(
+            "{SCENARIO}: Go's acquire txn + guarded delete sent raw vs raw floor, interleaved"
+        ),
+        format!("floor {}", mean(0)),
+        mean(4),
+        Ratio::Time(interleaved[4] / interleaved[0]),
         Target::None,
     );
     report.compare(
