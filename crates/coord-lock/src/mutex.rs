@@ -29,6 +29,11 @@ use crate::{Error, Result};
 /// them inside the process (the second waits until the first releases), where Go would let both in.
 /// Holders on different sessions queue in etcd as usual.
 ///
+/// While a mutex (and its clones) keeps finding the queue empty, it acquires with a transaction
+/// that puts its key only into an empty queue, which etcd serves like a bare create; when that
+/// fails it sends Go's acquire transaction, which reads the queue, and keeps sending that first
+/// until it finds itself alone again. The keys written are the same either way.
+///
 /// The guard's [`MutexGuard::owns`] compare is the safety guarantee; see the crate docs.
 ///
 /// ```no_run
