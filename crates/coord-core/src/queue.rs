@@ -157,21 +157,7 @@ impl Entry {
         value: Vec<u8>,
         reads: Vec<TxnOp>,
     ) -> Entry {
-        let key = key.into();
-        let request = enqueue(
-            session.client().clone(),
-            key.clone(),
-            session.lease_id(),
-            value,
-            None,
-            reads,
-        );
-        Entry {
-            session: session.clone(),
-            key,
-            state: EntryState::InFlight(Request(Box::pin(request))),
-            local: None,
-        }
+        Entry::start(session, key.into(), value, None, reads)
     }
 
     /// Like [`enqueue_reading`](Self::enqueue_reading), but first tries a smaller transaction
@@ -180,9 +166,24 @@ impl Entry {
     /// when no key exists under `prefix`. When it succeeds the key is the head and
     /// [`Enqueued::alone`] is set (no reads are sent); otherwise `enqueue_reading`'s transaction
     /// follows. etcd serves the small transaction in about the time of a bare create, where the
-    /// reads of the full one cost it ≈ 5 % of an uncontended lock cycle; a busy queue pays one
-    /// extra request (a failed write transaction is still a raft proposal), so use it when the
-    /// queue is usually empty.
+    /// read in the full one costs it 22–30 µs more (2–3 % of an uncontended lock cycle on the
+    /// bench machine, BENCHMARKS.md); a busy queue pays one extra request (a failed write
+    /// transaction is still a raft proposal), so use it when the queue is usually empty.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: coord_core::Session) -> coord_core::Result<()> {
+    /// use coord_core::etcd_client::TxnOp;
+    /// use coord_core::queue::{Entry, newest_two};
+    ///
+    /// let prefix = session.client().key("jobs/");
+    /// let key = format!("{prefix}{}", session.lease_id());
+    /// let reads = vec![TxnOp::get(prefix.clone(), Some(newest_two()))];
+    /// let mut entry = Entry::enqueue_reading_unless_alone(&session, key, &prefix, Vec::new(), reads);
+    /// let enqueued = entry.settle().await?;
+    /// // Alone: the head, nothing was read. Otherwise `enqueued.reads` holds the two newest keys.
+    /// println!("head: {}", enqueued.alone);
+    /// # Ok(()) }
+    /// ```
     pub fn enqueue_reading_unless_alone(
         session: &Session,
         key: impl Into<String>,
@@ -190,13 +191,22 @@ impl Entry {
         value: Vec<u8>,
         reads: Vec<TxnOp>,
     ) -> Entry {
-        let key = key.into();
+        Entry::start(session, key.into(), value, Some(prefix.to_owned()), reads)
+    }
+
+    fn start(
+        session: &Session,
+        key: String,
+        value: Vec<u8>,
+        alone_in: Option<String>,
+        reads: Vec<TxnOp>,
+    ) -> Entry {
         let request = enqueue(
             session.client().clone(),
             key.clone(),
             session.lease_id(),
             value,
-            Some(prefix.to_owned()),
+            alone_in,
             reads,
         );
         Entry {
