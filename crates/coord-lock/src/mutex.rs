@@ -1,8 +1,8 @@
 //! A distributed mutex, wire-compatible with etcd's Go `concurrency.Mutex`.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
 use coord_core::etcd_client::{Compare, TxnOp};
@@ -29,10 +29,11 @@ use crate::{Error, Result};
 /// them inside the process (the second waits until the first releases), where Go would let both in.
 /// Holders on different sessions queue in etcd as usual.
 ///
-/// While a mutex (and its clones) keeps finding the queue empty, it acquires with a transaction
+/// Unless this process last found the lock's queue busy, an acquisition first sends a transaction
 /// that puts its key only into an empty queue, which etcd serves like a bare create; when that
-/// fails it sends Go's acquire transaction, which reads the queue, and keeps sending that first
-/// until it finds itself alone again. The keys written are the same either way.
+/// fails it sends Go's acquire transaction, which reads the queue, and acquisitions of that lock
+/// in this process send Go's transaction first until one finds the queue empty again. The keys
+/// written are the same either way.
 ///
 /// The guard's [`MutexGuard::owns`] compare is the safety guarantee; see the crate docs.
 ///
@@ -52,9 +53,6 @@ pub struct Mutex {
     prefix: String,
     key: String,
     local: Arc<tokio::sync::Mutex<()>>,
-    /// Whether this mutex's last acquisition found the queue empty: the next one then tries the
-    /// empty-queue transaction first ([`Entry::enqueue_reading_unless_alone`]).
-    was_alone: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for Mutex {
@@ -95,7 +93,6 @@ impl Mutex {
             prefix: queue_prefix(namespace, name),
             local: local_slot(&key),
             key,
-            was_alone: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -257,25 +254,22 @@ impl Mutex {
         // range it sorts by create revision).
         //
         // An uncontended lock is the common case, and etcd serves a transaction with a read in it
-        // measurably slower than a bare create: while this mutex keeps finding the queue empty it
-        // first sends `if no key under the prefix then put(key)` (alone ⇒ head), and Go's
+        // measurably slower than a bare create: unless this process last found the queue busy,
+        // it first sends `if no key under the prefix then put(key)` (alone ⇒ head), and Go's
         // transaction only when that fails.
         let reads = vec![TxnOp::get(self.prefix.clone(), Some(newest_two()))];
         let key = self.key.clone();
-        let entry = if self.was_alone.load(Ordering::Relaxed) {
-            Entry::enqueue_reading_unless_alone(&self.session, key, &self.prefix, Vec::new(), reads)
-        } else {
+        let entry = if found_busy(&self.prefix) {
             Entry::enqueue_reading(&self.session, key, Vec::new(), reads)
+        } else {
+            Entry::enqueue_reading_unless_alone(&self.session, key, &self.prefix, Vec::new(), reads)
         };
         let mut entry = entry.holding(local);
         let enqueued = entry.settle().await?;
         let ownership = Ownership::new(self.key.clone(), enqueued.revision);
 
         let head = self.is_head(&enqueued, &ownership).await?;
-        self.was_alone.store(
-            enqueued.alone || alone_in_read(&enqueued),
-            Ordering::Relaxed,
-        );
+        note_queue(&self.prefix, enqueued.alone || alone_in_read(&enqueued));
         if !head {
             if !wait {
                 if enqueued.created {
@@ -304,6 +298,34 @@ impl Mutex {
         Ok(MutexGuard {
             held: Held::new(self.session.clone(), ownership, local),
         })
+    }
+}
+
+/// Queues (prefixes) whose last acquisition in this process found other keys: their next
+/// acquisition sends Go's transaction at once rather than the empty-queue transaction, whose
+/// failure would cost a raft proposal. Process-wide, not per `Mutex` value, so that the common
+/// `Mutex::new(..)?.lock()` on a busy lock pays that extra request once, not on every lock.
+static BUSY: LazyLock<StdMutex<HashSet<String>>> = LazyLock::new(Default::default);
+
+/// At most this many busy queues are remembered; beyond that the set starts afresh (forgetting
+/// costs one extra request per queue, never correctness).
+const BUSY_REMEMBERED: usize = 1024;
+
+fn found_busy(prefix: &str) -> bool {
+    BUSY.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(prefix)
+}
+
+fn note_queue(prefix: &str, alone: bool) {
+    let mut busy = BUSY.lock().unwrap_or_else(PoisonError::into_inner);
+    if alone {
+        busy.remove(prefix);
+    } else if !busy.contains(prefix) {
+        if busy.len() >= BUSY_REMEMBERED {
+            busy.clear();
+        }
+        busy.insert(prefix.to_owned());
     }
 }
 
@@ -404,5 +426,29 @@ impl MutexGuard {
     /// Cancel safe: if dropped, the release continues in the background.
     pub async fn unlock(mut self) -> Result<()> {
         self.held.release().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One test, as the set is process-wide and the bound clears it.
+    #[test]
+    fn busy_queues_are_remembered_until_found_empty_and_the_set_is_bounded() {
+        assert!(!found_busy("busy-test/a/"));
+        note_queue("busy-test/a/", false);
+        assert!(found_busy("busy-test/a/"));
+        note_queue("busy-test/a/", false);
+        assert!(found_busy("busy-test/a/"));
+        note_queue("busy-test/a/", true);
+        assert!(!found_busy("busy-test/a/"));
+
+        for i in 0..=BUSY_REMEMBERED {
+            note_queue(&format!("busy-test/{i}/"), false);
+        }
+        let remembered = BUSY.lock().unwrap_or_else(PoisonError::into_inner).len();
+        assert!((1..=BUSY_REMEMBERED).contains(&remembered), "{remembered}");
+        assert!(found_busy(&format!("busy-test/{BUSY_REMEMBERED}/")));
     }
 }

@@ -146,3 +146,69 @@ async fn a_lock_whose_empty_queue_answer_is_lost_takes_it_with_its_one_key() {
     queue_len_becomes(&direct, &prefix, 0).await;
     assert!(session.is_alive());
 }
+
+/// Raft proposals committed and storage-level range operations (a transaction's compares count
+/// as ranges) of an isolated server, where nothing else writes or reads.
+async fn work(etcd: &Etcd) -> (f64, f64) {
+    let scrape = coord_testkit::bench::metrics::Scrape::parse(&etcd.metrics().await.unwrap());
+    let ranges = match scrape.sum("etcd_mvcc_range_total", &[]) {
+        0.0 => scrape.sum("etcd_debugging_mvcc_range_total", &[]),
+        n => n,
+    };
+    (
+        scrape.sum("etcd_server_proposals_committed_total", &[]),
+        ranges,
+    )
+}
+
+async fn work_since(etcd: &Etcd, before: (f64, f64)) -> (f64, f64) {
+    let now = work(etcd).await;
+    (now.0 - before.0, now.1 - before.1)
+}
+
+/// The empty-queue transaction costs a raft proposal when it fails; the process remembers a busy
+/// queue, so that `Mutex::new(..)?.try_lock()` on a held lock pays that once, not every time, and
+/// an idle lock is taken with one proposal again once it is found empty.
+#[tokio::test]
+async fn a_busy_queue_costs_the_empty_queue_attempt_once() {
+    let etcd = Etcd::start().await.unwrap();
+    let client = ClientConfig::new(etcd.endpoints())
+        .with_namespace(coord_testkit::unique_namespace("lock_busy"))
+        .connect()
+        .await
+        .unwrap();
+    let (holder, other) = (
+        Session::new(client.clone(), Duration::from_secs(10))
+            .await
+            .unwrap(),
+        Session::new(client.clone(), Duration::from_secs(10))
+            .await
+            .unwrap(),
+    );
+    let held = Mutex::new(&holder, "l").unwrap().lock().await.unwrap();
+
+    // First try on the busy lock: the empty-queue attempt (fails: 1 proposal, its compare 1
+    // range), Go's transaction (1 proposal; compare and read, 2 ranges), the guarded removal (1
+    // proposal, 1 range).
+    let before = work(&etcd).await;
+    let refused = Mutex::new(&other, "l").unwrap().try_lock().await;
+    assert!(matches!(refused, Err(coord_lock::Error::WouldBlock { .. })));
+    assert_eq!(work_since(&etcd, before).await, (3.0, 4.0));
+    // Later tries, through new `Mutex` values: Go's transaction and the removal only.
+    for _ in 0..2 {
+        let before = work(&etcd).await;
+        let refused = Mutex::new(&other, "l").unwrap().try_lock().await;
+        assert!(matches!(refused, Err(coord_lock::Error::WouldBlock { .. })));
+        assert_eq!(work_since(&etcd, before).await, (2.0, 3.0));
+    }
+
+    // Free again: Go's transaction finds the queue empty (2 ranges), and from then on the
+    // empty-queue transaction takes it (1 range); each unlock is 1 proposal and 1 range.
+    held.unlock().await.unwrap();
+    for expected_ranges in [3.0, 2.0, 2.0] {
+        let before = work(&etcd).await;
+        let guard = Mutex::new(&other, "l").unwrap().lock().await.unwrap();
+        guard.unlock().await.unwrap();
+        assert_eq!(work_since(&etcd, before).await, (2.0, expected_ranges));
+    }
+}

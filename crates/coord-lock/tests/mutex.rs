@@ -29,8 +29,8 @@ async fn lock_writes_the_go_key_and_unlock_removes_it() {
     assert!(client.get(expected, None).await.unwrap().kvs().is_empty());
 }
 
-/// A mutex that keeps finding the queue empty takes it with the empty-queue transaction; one that
-/// finds it busy falls back to Go's transaction and waits. The same mutex, back and forth, must
+/// A lock whose queue keeps being empty is taken with the empty-queue transaction; one whose
+/// queue is busy falls back to Go's transaction and waits. The same mutex, back and forth, must
 /// behave identically on both paths.
 #[tokio::test]
 async fn one_mutex_alternates_between_an_empty_and_a_busy_queue() {
