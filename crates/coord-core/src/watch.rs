@@ -285,7 +285,10 @@ async fn first_event(client: &Client, target: Target, start_revision: i64) -> Re
                     live_created = true;
                     let created_at = resp.header().map_or(i64::MAX, |h| h.revision());
                     if created_at < next {
-                        next = created_at + 1;
+                        // The member serving the watch is behind the caller's start (another
+                        // member answered the read it came from): the live watch also delivers
+                        // the events in (created_at, next), which are skipped below — one of them
+                        // can be the delete of an earlier key of the same name.
                     } else if target.range_end.is_none() {
                         // Revisions [next, created_at] were committed before the live watch existed.
                         // For one key a read tells whether it already changed; a gap watch would be
@@ -313,9 +316,14 @@ async fn first_event(client: &Client, target: Target, start_revision: i64) -> Re
                 continue;
             }
             for event in resp.events() {
+                let revision = event.kv().map_or(next, |kv| kv.mod_revision());
+                if revision < next {
+                    // Before the caller's start (or already covered): not an answer.
+                    continue;
+                }
                 if let Some(certain) = target.matches(event) {
                     return Ok(Woken {
-                        revision: event.kv().map_or(next, |kv| kv.mod_revision()),
+                        revision,
                         certain,
                         kv: event
                             .kv()

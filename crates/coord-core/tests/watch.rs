@@ -211,6 +211,69 @@ fn metric(text: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
+/// A wait whose start revision is ahead of the member serving its watch — the caller's read was
+/// answered by an up-to-date member, the watch by one still catching up, as after a member
+/// restart or pause — must not take a delete from before its start for the one it waits for.
+/// Here the watch is created before the start revision exists, and the key is deleted (its
+/// earlier incarnation) and created again in between: only the later delete ends the wait.
+#[tokio::test]
+async fn a_delete_before_the_start_revision_does_not_end_the_wait() {
+    let etcd = Etcd::builder()
+        .arg("--metrics=extensive")
+        .start()
+        .await
+        .unwrap();
+    let client = client_of(&etcd, "ahead").await;
+    let watchers = || async {
+        metric(
+            &etcd.metrics().await.unwrap(),
+            "etcd_debugging_mvcc_watcher_total",
+            "",
+        )
+    };
+    let key = client.key("k");
+    let now = client
+        .put(key.clone(), "1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    // The first delete (now + 1) and the new key (now + 2) come before the wait's start.
+    let start = now + 3;
+    let before = watchers().await;
+    let wait = tokio::spawn({
+        let (client, key) = (client.clone(), key.clone());
+        async move { wait_deleted(&client, key, start).await }
+    });
+    // Until the wait's watch exists on the server (created at `now`, behind its start).
+    let created = async {
+        while watchers().await <= before {
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling a gauge: no event
+        }
+    };
+    tokio::time::timeout(BOUND, created)
+        .await
+        .expect("the wait's watch was not created");
+
+    client.delete(key.clone(), None).await.unwrap();
+    client.put(key.clone(), "2", None).await.unwrap();
+    let deleted = client
+        .delete(key.clone(), None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    assert_eq!(deleted, start);
+    let got = tokio::time::timeout(BOUND, wait)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, deleted, "woken by the delete before its start");
+}
+
 #[tokio::test]
 async fn waits_share_one_watch_stream_and_dropped_waits_are_cancelled() {
     let etcd = Etcd::builder()
