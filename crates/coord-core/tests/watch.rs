@@ -211,6 +211,22 @@ fn metric(text: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
+/// An etcd of the test's own with extensive metrics (the watcher gauge), and a client of it.
+async fn metered_etcd(label: &str) -> (Etcd, coord_core::Client) {
+    let etcd = Etcd::builder()
+        .arg("--metrics=extensive")
+        .start()
+        .await
+        .unwrap();
+    let client = client_of(&etcd, label).await;
+    (etcd, client)
+}
+
+/// Watchers on the server (etcd's gauge).
+fn watchers(text: &str) -> f64 {
+    metric(text, "etcd_debugging_mvcc_watcher_total", "")
+}
+
 /// A wait whose start revision is ahead of the member serving its watch — the caller's read was
 /// answered by an up-to-date member, the watch by one still catching up, as after a member
 /// restart or pause — must not take a delete from before its start for the one it waits for.
@@ -218,19 +234,8 @@ fn metric(text: &str, name: &str, label: &str) -> f64 {
 /// earlier incarnation) and created again in between: only the later delete ends the wait.
 #[tokio::test]
 async fn a_delete_before_the_start_revision_does_not_end_the_wait() {
-    let etcd = Etcd::builder()
-        .arg("--metrics=extensive")
-        .start()
-        .await
-        .unwrap();
-    let client = client_of(&etcd, "ahead").await;
-    let watchers = || async {
-        metric(
-            &etcd.metrics().await.unwrap(),
-            "etcd_debugging_mvcc_watcher_total",
-            "",
-        )
-    };
+    let (etcd, client) = metered_etcd("ahead").await;
+    let server_watchers = || async { watchers(&etcd.metrics().await.unwrap()) };
     let key = client.key("k");
     let now = client
         .put(key.clone(), "1", None)
@@ -241,14 +246,14 @@ async fn a_delete_before_the_start_revision_does_not_end_the_wait() {
         .revision();
     // The first delete (now + 1) and the new key (now + 2) come before the wait's start.
     let start = now + 3;
-    let before = watchers().await;
+    let before = server_watchers().await;
     let wait = tokio::spawn({
         let (client, key) = (client.clone(), key.clone());
         async move { wait_deleted(&client, key, start).await }
     });
     // Until the wait's watch exists on the server (created at `now`, behind its start).
     let created = async {
-        while watchers().await <= before {
+        while server_watchers().await <= before {
             tokio::time::sleep(Duration::from_millis(20)).await; // polling a gauge: no event
         }
     };
@@ -276,14 +281,8 @@ async fn a_delete_before_the_start_revision_does_not_end_the_wait() {
 
 #[tokio::test]
 async fn waits_share_one_watch_stream_and_dropped_waits_are_cancelled() {
-    let etcd = Etcd::builder()
-        .arg("--metrics=extensive")
-        .start()
-        .await
-        .unwrap();
-    let client = client_of(&etcd, "hub").await;
+    let (etcd, client) = metered_etcd("hub").await;
     let streams = |text: &str| metric(text, "grpc_server_started_total", "grpc_method=\"Watch\"");
-    let watchers = |text: &str| metric(text, "etcd_debugging_mvcc_watcher_total", "");
     let before = etcd.metrics().await.unwrap();
 
     // Twenty waits at once, each for its own key, then all satisfied.
