@@ -10,6 +10,11 @@
 //! holds the lease (for at least the margin). Go's client counts from the *receipt* of the reply and
 //! so may believe it is alive up to a round trip (plus its 1 s polling) after the server expired it.
 //!
+//! The deadline is a fact of the clock, not an event someone has to deliver: [`Session::state`]
+//! (and so `is_alive`, `check_alive` and `ended`) reports the loss from the instant the deadline
+//! passes, even if the keep-alive task has not run since — after a `SIGSTOP`, a frozen VM or a
+//! blocked runtime, the first look at the session already says `Lost`.
+//!
 //! Keep-alives are sent every `ttl / 3`. A failed keep-alive (stream broken, member down, timeout) is
 //! retried at once on a fresh stream with a short jittered backoff, across reconnects and member
 //! failures, until the deadline.
@@ -378,11 +383,28 @@ impl Session {
     }
 
     /// The current state.
+    ///
+    /// It reads the clock as well as the keep-alive task's last word: once the local
+    /// [`deadline`](Self::deadline) has passed without a confirmed keep-alive, the session is
+    /// `Lost(Unconfirmed)` from that instant, even when the keep-alive task has not run since — a
+    /// process that was stopped (`SIGSTOP`, a frozen VM) or a runtime whose threads were blocked
+    /// sees the loss the moment it looks, before it acts on a lease the server may be about to
+    /// expire. That call declares the loss for everyone: the state channel, the
+    /// [`cancellation_token`](Self::cancellation_token) and [`ended`](Self::ended) fire with it.
     pub fn state(&self) -> SessionState {
-        *self.handle.shared.state.borrow()
+        let shared = &self.handle.shared;
+        let state = *shared.state.borrow();
+        if state.is_alive() && Instant::now() >= self.deadline() {
+            // The keep-alive task would declare the same loss the next time it runs (a renewal
+            // it handles after the deadline does not count either).
+            shared.end(SessionState::Lost(LossReason::Unconfirmed));
+            return *shared.state.borrow();
+        }
+        state
     }
 
-    /// Whether the session is alive.
+    /// Whether the session is alive (see [`state`](Self::state): past the local deadline it is
+    /// not, whether or not the keep-alive task has run).
     pub fn is_alive(&self) -> bool {
         self.state().is_alive()
     }
@@ -418,6 +440,11 @@ impl Session {
 
     /// A receiver of state changes, as a [`tokio::sync::watch`] channel.
     ///
+    /// The channel (like [`cancellation_token`](Self::cancellation_token)) changes when a loss is
+    /// declared: by the keep-alive task, or by the first [`state`](Self::state) call after the
+    /// deadline. After a stall, ask [`state`](Self::state) or [`is_alive`](Self::is_alive) before
+    /// acting: they read the clock.
+    ///
     /// ```no_run
     /// # async fn demo(client: coord_core::Client) -> coord_core::Result<()> {
     /// use coord_core::{Session, SessionState};
@@ -442,7 +469,8 @@ impl Session {
         self.handle.shared.ended.child_token()
     }
 
-    /// Resolves when the session is no longer alive, with the end state.
+    /// Resolves when the session is no longer alive, with the end state. Like
+    /// [`state`](Self::state), it resolves at once when the local deadline has already passed.
     ///
     /// # Cancel safety
     ///
@@ -461,6 +489,10 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn ended(&self) -> SessionState {
+        let state = self.state();
+        if !state.is_alive() {
+            return state;
+        }
         self.handle.shared.ended.cancelled().await;
         self.state()
     }
@@ -565,6 +597,8 @@ impl KeepAlive {
             tokio::select! {
                 biased;
                 () = self.shared.stop.cancelled() => return self.stopped().await,
+                // Declared lost by a reader of the state that saw the deadline pass first.
+                () = self.shared.ended.cancelled() => return self.lost(LossReason::Unconfirmed).await,
                 () = sleep_until(deadline) => return self.lost(LossReason::Unconfirmed).await,
                 () = sleep_until(self.next) => {}
             }
@@ -575,10 +609,16 @@ impl KeepAlive {
             let outcome = tokio::select! {
                 biased;
                 () = self.shared.stop.cancelled() => return self.stopped().await,
+                () = self.shared.ended.cancelled() => return self.lost(LossReason::Unconfirmed).await,
                 () = sleep_until(deadline) => return self.lost(LossReason::Unconfirmed).await,
                 outcome = timeout_at(attempt_deadline, renew(&self.client, self.lease, &mut stream)) => outcome,
             };
             match outcome {
+                // The timer may not have fired yet although the deadline has passed (the task ran
+                // late): a renewal handled after the deadline does not count, as for `state()`.
+                Ok(Ok(Renewal::Alive(_))) if Instant::now() >= deadline => {
+                    return self.lost(LossReason::Unconfirmed).await;
+                }
                 Ok(Ok(Renewal::Alive(ttl))) => {
                     self.last_ok = sent;
                     self.ttl = ttl.unwrap_or(self.ttl);

@@ -199,3 +199,45 @@ async fn resuming_a_lease_that_is_gone_fails_with_session_lost() {
         "{err:?}"
     );
 }
+
+/// A process that stops running (SIGSTOP, a frozen VM, a runtime whose only thread is blocked) must
+/// see its session lost the moment it runs again, before the keep-alive task has had a chance to
+/// notice: the deadline is read from the clock. On this single-threaded runtime nothing else runs
+/// while the test's thread is blocked.
+#[tokio::test(flavor = "current_thread")]
+async fn a_stalled_process_sees_the_loss_before_the_keep_alive_task_runs() {
+    use futures_util::FutureExt;
+
+    let client = shared_client("stalled").await;
+    let session = Session::new(client.clone(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let (key, rev) = put_with_lease(&session, "k").await;
+    let token = session.cancellation_token();
+    let state = session.subscribe();
+    assert_eq!(session.state(), SessionState::Alive);
+
+    // The fault: the whole runtime stalls until the local deadline has passed.
+    let deadline = session.deadline().into_std();
+    std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()));
+    assert!(std::time::Instant::now() >= deadline);
+
+    // No await since the stall: the keep-alive task has not run, yet every view agrees.
+    assert!(!session.is_alive());
+    assert_eq!(session.state(), SessionState::Lost(LossReason::Unconfirmed));
+    assert!(matches!(
+        session.check_alive(),
+        Err(Error::SessionLost { .. })
+    ));
+    assert!(token.is_cancelled(), "the cancellation token did not fire");
+    assert_eq!(*state.borrow(), SessionState::Lost(LossReason::Unconfirmed));
+    assert_eq!(
+        session.ended().now_or_never(),
+        Some(SessionState::Lost(LossReason::Unconfirmed))
+    );
+
+    // The loss is final: when the keep-alive task runs again it gives the lease up rather than
+    // renewing it, so its key goes (a renewed lease would keep it for good).
+    wait_deleted(&client, &key, rev, Duration::from_secs(20)).await;
+    assert_eq!(session.state(), SessionState::Lost(LossReason::Unconfirmed));
+}

@@ -515,3 +515,33 @@ async fn fenced_writes_of_different_terms_never_interleave_under_a_random_schedu
     );
     assert!(terms >= 3, "only {terms} terms wrote");
 }
+
+/// A leader whose process stalls past its session's deadline (SIGSTOP, a frozen VM, a blocked
+/// runtime; here the only thread of the test's runtime sleeps) sees its term ended the moment it
+/// looks, before the runner or the keep-alive task has run: the work's `while !term.is_cancelled()`
+/// loop stops instead of doing one more round as leader.
+#[tokio::test(flavor = "current_thread")]
+async fn a_term_is_over_the_moment_a_stalled_leader_looks() {
+    let client = shared_client("runner_stalled").await;
+    let mut running = start(&client, "node-1", Duration::from_secs(2));
+    let (term, _) = started(&mut running.events).await;
+    assert!(!term.is_cancelled());
+
+    // The fault: the whole runtime stalls until the session's local deadline has passed.
+    let deadline = term.session().deadline().into_std();
+    std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()));
+
+    assert!(
+        term.is_cancelled(),
+        "the term still looked alive after the stall"
+    );
+    // The runner then ends the term for its work too, and campaigns again with a new session.
+    assert_eq!(stopped(&mut running.events).await.0, 1);
+    let (second, _) = started(&mut running.events).await;
+    assert_eq!(second.number(), 2);
+    assert!(second.token() > term.token());
+    assert!(!fenced_put(&term, &client.key("out"), "stale").await);
+
+    running.shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}

@@ -323,6 +323,60 @@ async fn a_paused_holders_fenced_write_is_rejected_while_the_new_holders_succeed
     );
 }
 
+/// A holder whose process stalls past its session's deadline (SIGSTOP, a frozen VM, a blocked
+/// runtime; here the only thread of the test's runtime sleeps) knows it lost the lock the moment
+/// it runs again, before its keep-alive task has run: `lost()` is ready on its first poll and a new
+/// acquisition on that session fails at once, writing nothing. The waiter of another session gets
+/// the lock once the lease is gone, and the stalled holder's fenced write is rejected.
+#[tokio::test(flavor = "current_thread")]
+async fn a_holder_stalled_past_its_deadline_knows_it_lost_before_anything_runs() {
+    use futures_util::FutureExt;
+
+    let client = shared_client("mutex_stalled").await;
+    let a = coord_core::Session::new(client.clone(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let b = session(&client).await;
+    let stalled = Mutex::new(&a, "l").unwrap().lock().await.unwrap();
+    let again = Mutex::new(&a, "m").unwrap();
+    let b_mutex = Mutex::new(&b, "l").unwrap();
+    let prefix = b_mutex.prefix().to_owned();
+    let b_wait = tokio::spawn(async move { b_mutex.lock().await });
+    queue_len_becomes(&client, &prefix, 2).await;
+
+    // The fault: the whole runtime stalls until a's local deadline has passed.
+    let deadline = a.deadline().into_std();
+    std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()));
+
+    assert!(
+        stalled.lost().now_or_never().is_some(),
+        "lost() was not ready after the stall"
+    );
+    let err = again
+        .lock()
+        .now_or_never()
+        .expect("an acquisition on a lost session waited")
+        .unwrap_err();
+    assert!(err.is_session_lost(), "{err:?}");
+
+    let b_guard = tokio::time::timeout(BOUND, b_wait)
+        .await
+        .expect("the other session's waiter never got the lock")
+        .unwrap()
+        .unwrap();
+    let target = client.key("protected");
+    let fenced_put = |owns, value: &'static str| {
+        Txn::new()
+            .when([owns])
+            .and_then([TxnOp::put(target.clone(), value, None)])
+    };
+    let from_stalled = client.txn(fenced_put(stalled.owns(), "stalled")).await;
+    assert!(!from_stalled.unwrap().succeeded());
+    let from_b = client.txn(fenced_put(b_guard.owns(), "b")).await;
+    assert!(from_b.unwrap().succeeded());
+    assert!(queue(&client, again.prefix()).await.is_empty());
+}
+
 #[tokio::test]
 async fn invalid_names_are_rejected_before_anything_is_written() {
     let client = shared_client("mutex_names").await;

@@ -101,9 +101,11 @@ impl Term {
         self.cancel.cancelled()
     }
 
-    /// Whether the term has ended.
+    /// Whether the term has ended. Past the session's local deadline it has, even before the
+    /// runner has noticed (a process that was stopped or a runtime that was blocked learns it on
+    /// its first look, see [`Session::state`]).
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.cancel.is_cancelled() || !self.session.is_alive()
     }
 
     /// The term's cancellation token, for tasks the work spawns. Cancelling it yourself does not
