@@ -91,6 +91,9 @@ pub enum FaultKind {
     BlackholeClient,
     /// One client's traffic delayed for a while.
     DelayClient,
+    /// One client process frozen (every task of it stops, as under `SIGSTOP`; its connections
+    /// stay open), for up to twice the TTL.
+    FreezeClient,
     /// One client "GC-paused" while holding: partitioned until its lease expired, then it
     /// resumes and attempts its fenced write.
     PauseClient,

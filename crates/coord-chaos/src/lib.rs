@@ -1,11 +1,11 @@
 //! # coord-chaos — a chaos harness with invariant checking
 //!
 //! One [`run`] starts a 3-member etcd cluster, `clients` client "processes" (each with its own
-//! `Client`, one session shared by its primitives, and a [`FaultProxy`](coord_testkit::FaultProxy)
-//! per member), and lets every client use the Mutex, a Semaphore, an Election, service
-//! registration with discovery, and a config value at once, while a seeded nemesis kills and
-//! restarts members, cuts, partitions and delays clients, pauses holders past their TTL and
-//! compacts. Then it heals everything, waits (bounded) for every client to work again and for the
+//! runtime thread, `Client`, one session shared by its primitives, and a
+//! [`FaultProxy`](coord_testkit::FaultProxy) per member), and lets every client use the Mutex, a
+//! Semaphore, an Election, service registration with discovery, and a config value at once, while
+//! a seeded nemesis kills, pauses and restarts members, cuts, partitions, delays and freezes
+//! clients, pauses holders past their TTL and compacts. Then it heals everything, waits (bounded) for every client to work again and for the
 //! caches to converge, stops the clients, and checks:
 //!
 //! | invariant | how |

@@ -6,7 +6,7 @@
 //! | loop | faults |
 //! |---|---|
 //! | members | SIGKILL a random member or the raft leader, restart it after 0.5 s … 2·TTL + 1 s; SIGSTOP a random member or the leader for as long, then SIGCONT it (one member down or paused at a time: quorum is kept); compact at the current revision |
-//! | clients | reset every connection of a client; partition a client for 0.3 s … 2·TTL; delay a client's traffic by 20–300 ms for 1–4 s; ask a client to "GC-pause" while holding (see [`crate::actors`]) |
+//! | clients | reset every connection of a client; partition a client for 0.3 s … 2·TTL; delay a client's traffic by 20–300 ms for 1–4 s; freeze a client process (all its tasks, as under `SIGSTOP`) for 0.3 s … 2·TTL; ask a client to "GC-pause" while holding (see [`crate::actors`]) |
 //!
 //! When stopped, each loop ends its fault in progress (restarts the member, heals the proxy).
 
@@ -173,8 +173,8 @@ pub async fn clients(
     stop: CancellationToken,
     ttl: Duration,
 ) {
-    // Cut x3, blackhole x3, delay x2, pause x2, shuffled per round.
-    let mut deck = Deck::new(&[0, 0, 0, 1, 1, 1, 2, 2, 3, 3]);
+    // Cut x3, blackhole x3, delay x2, freeze x2, pause x2, shuffled per round.
+    let mut deck = Deck::new(&[0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 4, 4]);
     while pass(
         &stop,
         rng.duration(Duration::from_millis(300), Duration::from_millis(2500)),
@@ -209,6 +209,14 @@ pub async fn clients(
                 )
                 .await;
                 node.end_delay();
+                history.healed(fault);
+            }
+            3 => {
+                let d = rng.duration(Duration::from_millis(300), ttl * 2);
+                node.freeze(d);
+                let fault = history.fault(FaultKind::FreezeClient, Some(node.index), None);
+                pass(&stop, d).await;
+                node.thaw();
                 history.healed(fault);
             }
             _ => node.request_pause(),

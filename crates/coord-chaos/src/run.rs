@@ -46,7 +46,14 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
 
     let mut caches = Vec::with_capacity(lab.nodes.len());
     for node in &lab.nodes {
-        caches.push(Caches::start(&node.client).await?);
+        // In the client's process: its caches' tasks freeze with it.
+        let client = node.client.clone();
+        let started = node.spawn(async move { Caches::start(&client).await });
+        caches.push(
+            started
+                .await
+                .map_err(|e| Error::Setup(format!("starting the caches: {e}")))??,
+        );
     }
 
     // The workload.
@@ -63,20 +70,16 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
             ttl: options.ttl,
             fencing: options.fencing,
         };
-        workers.push((
-            node.index,
-            "mutex",
-            tokio::spawn(actors::mutex::run(ctx(1))),
-        ));
+        workers.push((node.index, "mutex", node.spawn(actors::mutex::run(ctx(1)))));
         workers.push((
             node.index,
             "semaphore",
-            tokio::spawn(actors::semaphore::run(ctx(2), options.semaphore_limit)),
+            node.spawn(actors::semaphore::run(ctx(2), options.semaphore_limit)),
         ));
         workers.push((
             node.index,
             "semaphore-stored",
-            tokio::spawn(actors::semaphore::run_stored(
+            node.spawn(actors::semaphore::run_stored(
                 ctx(5),
                 options.semaphore_limit,
             )),
@@ -84,9 +87,9 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
         workers.push((
             node.index,
             "election",
-            tokio::spawn(actors::election::run(ctx(3))),
+            node.spawn(actors::election::run(ctx(3))),
         ));
-        registries.push(tokio::spawn(registry::run(ctx(4))));
+        registries.push(node.spawn(registry::run(ctx(4))));
     }
 
     // The nemesis.
