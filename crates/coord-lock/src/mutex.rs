@@ -391,8 +391,10 @@ impl MutexGuard {
     }
 
     /// Resolves when the lock is lost: the session ended, or the key was deleted (by an operator,
-    /// or with the lease). An early warning only — a paused process learns of it late; fence writes
-    /// with [`owns`](Self::owns).
+    /// or with the lease). A process that resumes after a stall past the session's deadline finds
+    /// it ready on the first poll ([`Session::state`] reads the clock). An early warning only — a
+    /// paused process can still be stopped between this check and its write; fence writes with
+    /// [`owns`](Self::owns).
     ///
     /// # Cancel safety
     ///

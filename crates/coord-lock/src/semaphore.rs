@@ -1382,7 +1382,9 @@ impl Permit {
     }
 
     /// Resolves when the permit is lost (session ended, or the key was removed, e.g. by
-    /// [`Semaphore::force_release`]). An early warning; fence writes with [`owns`](Self::owns).
+    /// [`Semaphore::force_release`]); at once after a stall past the session's deadline
+    /// ([`Session::state`] reads the clock). An early warning; fence writes with
+    /// [`owns`](Self::owns).
     ///
     /// # Cancel safety
     ///
