@@ -63,4 +63,8 @@ async fn a_short_chaos_run_finds_no_violation() {
             || report.faults.contains_key(&FaultKind::KillLeader),
         "no member was killed:\n{report}"
     );
+    assert!(
+        report.faults.contains_key(&FaultKind::FreezeClient),
+        "no client process was frozen:\n{report}"
+    );
 }
