@@ -8,15 +8,17 @@
 //! COORD_BENCH_SECS=5 COORD_BENCH_ROUNDS=6 cargo bench -p coord-lock --bench lock
 //! ```
 //!
-//! Scenarios: `mutex-uncontended`, `mutex-contended`, `semaphore`. `COORD_BENCH_SECS` (or
+//! Scenarios: `mutex-uncontended`, `mutex-contended`, `semaphore`, `semaphore-format` (a
+//! projection for a format decision, see its module). `COORD_BENCH_SECS` (or
 //! `--secs=N`) sets the length of every round, `COORD_BENCH_ROUNDS` (or `--rounds=N`) the rounds per
-//! variant; each scenario has its own defaults, chosen so that the whole run takes about two
+//! variant; each scenario has its own defaults, chosen so that the whole run takes about four
 //! minutes.
 // A bench binary: a failed set-up or request must stop the run loudly, never be papered over.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod cas_semaphore;
 mod contended;
+mod format;
 mod semaphore;
 mod uncontended;
 
@@ -31,7 +33,12 @@ use coord_testkit::bench::options::{Options, cpu_model};
 use coord_testkit::bench::report::Report;
 use coord_testkit::bench::rounds::Plan;
 
-const SCENARIOS: [&str; 3] = ["mutex-uncontended", "mutex-contended", "semaphore"];
+const SCENARIOS: [&str; 4] = [
+    "mutex-uncontended",
+    "mutex-contended",
+    "semaphore",
+    "semaphore-format",
+];
 
 /// How long to wait after a round before reading `/metrics`, so that background clean-ups of
 /// cancelled waiters are counted in the round that caused them.
@@ -151,6 +158,7 @@ async fn run(options: Options) {
             "mutex-uncontended" => uncontended::run(&bench, &mut report).await,
             "mutex-contended" => contended::run(&bench, &mut report).await,
             "semaphore" => semaphore::run(&bench, &mut report).await,
+            "semaphore-format" => format::run(&bench, &mut report).await,
             _ => unreachable!("scenario names are checked when parsing"),
         }
     }
