@@ -666,8 +666,14 @@ impl Semaphore {
                 } => {
                     // A releaser hands off by marking this key; a delete (or limit change) nobody
                     // hands off is seen on the prefix (and limit) watch.
-                    let own = wait_changed_value(client, ownership.key().to_vec(), own_from + 1);
-                    tokio::pin!(own);
+                    // Owned (not borrowing `self`), so that a grant on a delete can hand the
+                    // same watch to the background check for the releaser's mark.
+                    let mut own = {
+                        let (client, key) = (client.clone(), ownership.key().to_vec());
+                        Box::pin(
+                            async move { wait_changed_value(&client, key, own_from + 1).await },
+                        )
+                    };
                     let confirm = async {
                         if inferred {
                             tokio::time::sleep(GRACE).await;
@@ -715,7 +721,7 @@ impl Semaphore {
                     // comes, the mark is written here, in the background.
                     if certain && !self.marks_every_grant() && !lease.changes_on_grant() {
                         if expect_handoff {
-                            self.mark_unless_handed_off(ownership, holder);
+                            self.mark_unless_handed_off(ownership, holder, own);
                         } else {
                             self.mark_held(ownership, holder, lease).await?;
                         }
@@ -778,10 +784,16 @@ impl Semaphore {
         }
     }
 
-    /// Writes the "held" mark of a key granted without one, unless a releaser's hand-off has marked
-    /// it after [`GRACE`] (one read then); in the background, so that the grant returns at once.
-    /// The mark is what wakes the waiter behind.
-    fn mark_unless_handed_off(&self, ownership: &Ownership, holder: &str) {
+    /// Writes the "held" mark of a key granted without one, unless a releaser's hand-off marks it
+    /// within [`GRACE`]; in the background, so that the grant returns at once. The mark is what
+    /// wakes the waiter behind. `own` is the entry's wait for a change of its own key, already
+    /// watching (so the hand-off is seen without a read).
+    fn mark_unless_handed_off(
+        &self,
+        ownership: &Ownership,
+        holder: &str,
+        own: impl Future<Output = coord_core::Result<(i64, Option<KeyValue>)>> + Send + 'static,
+    ) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -789,17 +801,17 @@ impl Semaphore {
         let ownership = ownership.clone();
         let record = Record::new(holder, true, self.taken_by.as_deref()).encode();
         runtime.spawn(async move {
-            tokio::time::sleep(GRACE).await;
-            match client.get(ownership.key().to_vec(), None).await {
-                Ok(read)
-                    if read.kvs().first().is_none_or(|kv| {
-                        kv.create_revision() != ownership.token().revision()
-                            || Record::decode(kv.value()).is_some_and(|r| r.held)
-                    }) =>
-                {
+            // Marked by the hand-off, or no longer this entry's key: nothing to write. Anything
+            // else (no change within the grace period, a compaction, a failed watch): the
+            // guarded mark below, which is harmless if the hand-off's mark lands too.
+            if let Ok(Ok((_, kv))) = tokio::time::timeout(GRACE, own).await {
+                let handed_off = kv.is_none_or(|kv| {
+                    kv.create_revision() != ownership.token().revision()
+                        || Record::decode(kv.value()).is_some_and(|r| r.held)
+                });
+                if handed_off {
                     return;
                 }
-                _ => {}
             }
             let txn = Txn::new().when([ownership.compare()]).and_then([TxnOp::put(
                 ownership.key().to_vec(),
