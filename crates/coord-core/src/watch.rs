@@ -196,6 +196,133 @@ pub async fn wait_older_deleted(
     Ok(woken.certain.then_some(woken.revision))
 }
 
+/// A watch on one key, opened *before* the wait it serves (typically before the write that creates
+/// the key): every change after it was opened arrives on it, so a wait from a later revision needs
+/// no read to cover the time between that revision and the watch's creation — unlike
+/// [`wait_changed_value`], which opens its watch when called and settles that gap with a read.
+/// A queue entry that watches its own key from before its enqueue saves that read on every wait.
+///
+/// It keeps only the newest change it has seen. If its watch breaks (a reconnect, a cancellation
+/// by the server), each later wait falls back to [`wait_changed_value`].
+///
+/// ```no_run
+/// # async fn demo(client: coord_core::Client) -> coord_core::Result<()> {
+/// let key = client.key("jobs/worker-1");
+/// let mut watch = coord_core::watch::KeyWatch::open(&client, key.clone());
+/// let put = client.put(key, "waiting", None).await?;
+/// let from = put.header().map_or(0, |h| h.revision()) + 1;
+/// let (revision, now) = watch.changed_since(from).await?;
+/// println!("changed at {revision}: {:?}", now.as_ref().map(|kv| kv.value_str()));
+/// # Ok(()) }
+/// ```
+pub struct KeyWatch {
+    client: Client,
+    key: Vec<u8>,
+    /// `None` once the watch broke: waits then fall back to [`wait_changed_value`].
+    watch: Option<crate::hub::HubWatch>,
+    /// The revision the watch was created at, once etcd confirmed it.
+    created_at: Option<i64>,
+    /// The newest change seen: its revision and the key after it (`None`: deleted).
+    latest: Option<(i64, Option<KeyValue>)>,
+}
+
+impl std::fmt::Debug for KeyWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyWatch")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("created_at", &self.created_at)
+            .field("broken", &self.watch.is_none())
+            .finish()
+    }
+}
+
+impl KeyWatch {
+    /// Opens the watch (on the client's shared watch stream) from now on.
+    pub fn open(client: &Client, key: impl Into<Vec<u8>>) -> KeyWatch {
+        let key = key.into();
+        let watch = client.hub_watch(key.clone(), WatchOptions::new().with_progress_notify());
+        KeyWatch {
+            client: client.clone(),
+            key,
+            watch: Some(watch),
+            created_at: None,
+            latest: None,
+        }
+    }
+
+    /// Waits until the key has changed (written or deleted) at or after `start_revision`, and
+    /// returns the revision of the newest such change seen and the key after it (`None`: gone) —
+    /// as [`wait_changed_value`], without its read when the watch was opened before
+    /// `start_revision`.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait_changed_value`] (after the watch broke, the waits are its).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: what the watch delivered is kept for the next call.
+    pub async fn changed_since(&mut self, start_revision: i64) -> Result<(i64, Option<KeyValue>)> {
+        loop {
+            if let Some((revision, kv)) = &self.latest {
+                if *revision >= start_revision {
+                    return Ok((*revision, kv.clone()));
+                }
+            }
+            let Some(watch) = self.watch.as_mut() else {
+                return wait_changed_value(&self.client, self.key.clone(), start_revision).await;
+            };
+            if let Some(created_at) = self.created_at {
+                if created_at >= start_revision {
+                    // Opened after the start: changes in [start, created_at] came before the
+                    // watch; a read tells whether there were any.
+                    let target = Target {
+                        key: self.key.clone(),
+                        range_end: None,
+                        deletes_only: false,
+                        created_before: None,
+                    };
+                    if let Some(found) =
+                        changed_since(&self.client, &target, start_revision).await?
+                    {
+                        self.note(found.0, found.1);
+                        continue;
+                    }
+                    // Nothing before the watch: from now on its events tell.
+                    self.created_at = Some(start_revision - 1);
+                }
+            }
+            let response = match watch.next().await {
+                Ok(response) if !response.canceled() && response.compact_revision() == 0 => {
+                    response
+                }
+                _ => {
+                    self.watch = None;
+                    continue;
+                }
+            };
+            if response.created() {
+                self.created_at = Some(response.header().map_or(i64::MAX, |h| h.revision()));
+            }
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let value = (event.event_type() == EventType::Put).then(|| kv.clone());
+                self.note(kv.mod_revision(), value);
+            }
+        }
+    }
+
+    fn note(&mut self, revision: i64, kv: Option<KeyValue>) {
+        if self
+            .latest
+            .as_ref()
+            .is_none_or(|(seen, _)| revision >= *seen)
+        {
+            self.latest = Some((revision, kv));
+        }
+    }
+}
+
 struct Target {
     key: Vec<u8>,
     range_end: Option<Vec<u8>>,

@@ -354,3 +354,142 @@ async fn waits_share_one_watch_stream_and_dropped_waits_are_cancelled() {
         .await
         .expect("server-side watchers were not cancelled");
 }
+
+/// Range requests served by etcd so far.
+fn ranges(text: &str) -> f64 {
+    metric(text, "grpc_server_handled_total", "grpc_method=\"Range\"")
+}
+
+/// A `KeyWatch` opened before the key is written reports the write, then the delete, from its
+/// events alone: no read. Changes before a wait's start revision do not end it.
+#[tokio::test]
+async fn a_key_watch_opened_before_the_writes_reports_them_without_a_read() {
+    let (etcd, client) = metered_etcd("key_watch").await;
+    let key = client.key("k");
+    let before = etcd.metrics().await.unwrap();
+    let mut watch = coord_core::watch::KeyWatch::open(&client, key.clone());
+    // Until the watch exists on the server, so that it predates the writes.
+    let created = async {
+        while watchers(&etcd.metrics().await.unwrap()) <= watchers(&before) {
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling a gauge: no event
+        }
+    };
+    tokio::time::timeout(BOUND, created)
+        .await
+        .expect("the watch was not created");
+
+    let revision = |r: etcd_client::PutResponse| r.header().unwrap().revision();
+    let first = revision(client.put(key.clone(), "1", None).await.unwrap());
+    let second = revision(client.put(key.clone(), "2", None).await.unwrap());
+    let (at, kv) = tokio::time::timeout(BOUND, watch.changed_since(second))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(at, second, "the write before the start ended the wait");
+    assert_eq!(kv.unwrap().value(), b"2");
+    // An earlier start is answered with the newest change seen.
+    let (at, _) = watch.changed_since(first).await.unwrap();
+    assert_eq!(at, second);
+
+    let deleted = client
+        .delete(key.clone(), None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let (at, kv) = tokio::time::timeout(BOUND, watch.changed_since(second + 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((at, kv.is_none()), (deleted, true));
+
+    let after = etcd.metrics().await.unwrap();
+    assert_eq!(ranges(&after) - ranges(&before), 0.0, "a wait read the key");
+}
+
+/// Opened after the change it is asked about, a `KeyWatch` still reports it (with a read, as
+/// `wait_changed_value` does), and then waits for later ones on its events.
+#[tokio::test]
+async fn a_key_watch_opened_after_a_change_reports_it_from_a_read() {
+    let client = shared_client("key_watch_late").await;
+    let key = client.key("k");
+    let put = client
+        .put(key.clone(), "early", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let mut watch = coord_core::watch::KeyWatch::open(&client, key.clone());
+    let (at, kv) = tokio::time::timeout(BOUND, watch.changed_since(put))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(at >= put);
+    assert_eq!(kv.unwrap().value(), b"early");
+
+    let later = tokio::spawn(async move { watch.changed_since(at + 1).await });
+    let again = client
+        .put(key.clone(), "later", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let (at, kv) = tokio::time::timeout(BOUND, later)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(at, again);
+    assert_eq!(kv.unwrap().value(), b"later");
+}
+
+/// When its watch breaks, a `KeyWatch`'s waits still end with the change (they become
+/// `wait_changed_value`s, which re-create their watches).
+#[tokio::test]
+async fn a_key_watch_survives_a_reset_connection() {
+    let etcd = Etcd::start().await.unwrap();
+    let proxy = FaultProxy::start(etcd.client_addr()).await.unwrap();
+    let direct = client_of(&etcd, "key_watch_reset").await;
+    let via_proxy = ClientConfig::new([proxy.endpoint()])
+        .with_namespace(direct.namespace())
+        .connect()
+        .await
+        .unwrap();
+    let key = direct.key("k");
+    let start = direct
+        .put(key.clone(), "1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
+        + 1;
+    let mut watch = coord_core::watch::KeyWatch::open(&via_proxy, key.clone());
+    let waiter = tokio::spawn(async move { watch.changed_since(start).await });
+    let established = async {
+        while proxy.connections() == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(BOUND, established).await.unwrap();
+    proxy.cut();
+    let deleted = direct
+        .delete(key, None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let (at, kv) = tokio::time::timeout(BOUND, waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        at >= deleted && kv.is_none(),
+        "({at}, {kv:?}) after the delete at {deleted}"
+    );
+}

@@ -10,7 +10,7 @@ use coord_core::etcd_client::{
     Compare, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use coord_core::keys::{lease_key, queue_prefix, validate_name, validate_segment};
-use coord_core::watch::{wait_changed, wait_changed_value, wait_older_deleted};
+use coord_core::watch::{KeyWatch, wait_changed, wait_changed_value, wait_older_deleted};
 use coord_core::{Client, Error as CoreError, FencingToken, Ownership, Session};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
@@ -377,6 +377,8 @@ impl Semaphore {
 
     async fn acquire_session(&self, local: OwnedMutexGuard<()>, wait: bool) -> Result<Permit> {
         let holder = self.session.lease_id().to_string();
+        // Opened before the enqueue, so that no wait on the entry's own key needs a read.
+        let own = wait.then(|| KeyWatch::open(self.session.client(), self.key.clone()));
         let mut entry = Entry::enqueue_reading(
             &self.session,
             self.key.clone(),
@@ -394,14 +396,14 @@ impl Semaphore {
                 }
             }
             place if wait => {
-                self.wait_for_grant(&ownership, &holder, lease, place)
+                self.wait_for_grant(&ownership, &holder, lease, place, own)
                     .await?
             }
             place => {
                 let granted = match place {
                     Some(_) => false,
                     None => matches!(
-                        self.evaluate(&ownership, &holder, lease, false).await?,
+                        self.evaluate(&ownership, &holder, lease, None).await?,
                         Place::Granted
                     ),
                 };
@@ -501,6 +503,7 @@ impl Semaphore {
         }
         self.session.check_alive()?;
         let key = self.durable_key(id);
+        let own = wait.then(|| KeyWatch::open(self.session.client(), key.clone()));
         let mut entry = Entry::enqueue_reading(
             &self.session,
             key.clone(),
@@ -528,12 +531,15 @@ impl Semaphore {
         match self.place_at_enqueue(&enqueued, &ownership) {
             // A durable grant always writes: it moves the key off the waiter's session.
             Some(Place::Granted) => self.mark_held(&ownership, id, lease).await?,
-            place if wait => self.wait_for_grant(&ownership, id, lease, place).await?,
+            place if wait => {
+                self.wait_for_grant(&ownership, id, lease, place, own)
+                    .await?
+            }
             place => {
                 let granted = match place {
                     Some(_) => false,
                     None => matches!(
-                        self.evaluate(&ownership, id, lease, false).await?,
+                        self.evaluate(&ownership, id, lease, None).await?,
                         Place::Granted
                     ),
                 };
@@ -641,9 +647,13 @@ impl Semaphore {
         holder: &str,
         lease: KeyLease,
         mut known: Option<Place>,
+        own: Option<KeyWatch>,
     ) -> Result<()> {
         let client = self.session.client();
         let expect_handoff = Handoff::expected(self.limit);
+        // The watch on this entry's own key (opened before the enqueue by the callers): hand-offs
+        // mark that key.
+        let mut own = own.unwrap_or_else(|| KeyWatch::open(client, ownership.key().to_vec()));
         // The first evaluation (of a key that already existed) follows no wake-up: nobody is
         // about to hand off to it.
         let mut waited = known.is_some();
@@ -653,7 +663,7 @@ impl Semaphore {
                 None => tokio::select! {
                     biased;
                     _ = self.session.ended() => return Err(session_end_error(&self.session).into()),
-                    place = self.evaluate(ownership, holder, lease, waited) => place?,
+                    place = self.evaluate(ownership, holder, lease, waited.then_some(&mut own)) => place?,
                 },
             };
             waited = true;
@@ -666,14 +676,6 @@ impl Semaphore {
                 } => {
                     // A releaser hands off by marking this key; a delete (or limit change) nobody
                     // hands off is seen on the prefix (and limit) watch.
-                    // Owned (not borrowing `self`), so that a grant on a delete can hand the
-                    // same watch to the background check for the releaser's mark.
-                    let mut own = {
-                        let (client, key) = (client.clone(), ownership.key().to_vec());
-                        Box::pin(
-                            async move { wait_changed_value(&client, key, own_from + 1).await },
-                        )
-                    };
                     let confirm = async {
                         if inferred {
                             tokio::time::sleep(GRACE).await;
@@ -699,7 +701,7 @@ impl Semaphore {
                     let trigger = tokio::select! {
                         biased;
                         _ = self.session.ended() => return Err(session_end_error(&self.session).into()),
-                        change = &mut own => {
+                        change = own.changed_since(own_from + 1) => {
                             match self.own_change(change, ownership, holder, lease).await? {
                                 true => return Ok(()),
                                 false => continue,
@@ -721,7 +723,7 @@ impl Semaphore {
                     // comes, the mark is written here, in the background.
                     if certain && !self.marks_every_grant() && !lease.changes_on_grant() {
                         if expect_handoff {
-                            self.mark_unless_handed_off(ownership, holder, own);
+                            self.mark_unless_handed_off(ownership, holder, own, own_from + 1);
                         } else {
                             self.mark_held(ownership, holder, lease).await?;
                         }
@@ -733,7 +735,7 @@ impl Semaphore {
                         tokio::select! {
                             biased;
                             _ = self.session.ended() => return Err(session_end_error(&self.session).into()),
-                            change = &mut own => {
+                            change = own.changed_since(own_from + 1) => {
                                 match self.own_change(change, ownership, holder, lease).await? {
                                     true => return Ok(()),
                                     false => continue,
@@ -756,6 +758,14 @@ impl Semaphore {
                     let change = tokio::select! {
                         biased;
                         _ = self.session.ended() => return Err(session_end_error(&self.session).into()),
+                        // A hand-off can reach this key before its predecessor's mark is seen
+                        // (concurrent releases mark successive waiters).
+                        change = own.changed_since(read_revision + 1) => {
+                            match self.own_change(change, ownership, holder, lease).await? {
+                                true => return Ok(()),
+                                false => continue,
+                            }
+                        }
                         r = wait_changed_value(client, predecessor, read_revision + 1) => r,
                     };
                     match change {
@@ -786,13 +796,14 @@ impl Semaphore {
 
     /// Writes the "held" mark of a key granted without one, unless a releaser's hand-off marks it
     /// within [`GRACE`]; in the background, so that the grant returns at once. The mark is what
-    /// wakes the waiter behind. `own` is the entry's wait for a change of its own key, already
-    /// watching (so the hand-off is seen without a read).
+    /// wakes the waiter behind. `own` is the entry's watch on its own key (so the hand-off is seen
+    /// without a read), `from` the revision the wait for it started at.
     fn mark_unless_handed_off(
         &self,
         ownership: &Ownership,
         holder: &str,
-        own: impl Future<Output = coord_core::Result<(i64, Option<KeyValue>)>> + Send + 'static,
+        mut own: KeyWatch,
+        from: i64,
     ) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -804,7 +815,7 @@ impl Semaphore {
             // Marked by the hand-off, or no longer this entry's key: nothing to write. Anything
             // else (no change within the grace period, a compaction, a failed watch): the
             // guarded mark below, which is harmless if the hand-off's mark lands too.
-            if let Ok(Ok((_, kv))) = tokio::time::timeout(GRACE, own).await {
+            if let Ok(Ok((_, kv))) = tokio::time::timeout(GRACE, own.changed_since(from)).await {
                 let handed_off = kv.is_none_or(|kv| {
                     kv.create_revision() != ownership.token().revision()
                         || Record::decode(kv.value()).is_some_and(|r| r.held)
@@ -965,13 +976,13 @@ impl Semaphore {
     /// and, when granted, one guarded write marking the key held (which wakes the waiter behind).
     ///
     /// `waited`: the evaluation follows a wake-up, so a releaser may be handing this key its
-    /// permit; a grant then first waits up to [`GRACE`] for that mark.
+    /// permit; a grant then first waits up to [`GRACE`] for that mark, on this watch of the key.
     async fn evaluate(
         &self,
         ownership: &Ownership,
         holder: &str,
         lease: KeyLease,
-        waited: bool,
+        waited: Option<&mut KeyWatch>,
     ) -> Result<Place> {
         let client = self.session.client();
         let key = ownership.key().to_vec();
@@ -1021,8 +1032,8 @@ impl Semaphore {
                 if marked && !lease.changes_on_grant() {
                     return Ok(place);
                 }
-                if !marked && waited && Handoff::expected(self.limit) {
-                    let own = wait_changed_value(client, key.clone(), read_revision + 1);
+                if let (false, Some(own), true) = (marked, waited, Handoff::expected(self.limit)) {
+                    let own = own.changed_since(read_revision + 1);
                     if let Ok(change) = tokio::time::timeout(GRACE, own).await {
                         if self.own_change(change, ownership, holder, lease).await? {
                             return Ok(place);
