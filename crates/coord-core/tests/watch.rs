@@ -493,3 +493,41 @@ async fn a_key_watch_survives_a_reset_connection() {
         "({at}, {kv:?}) after the delete at {deleted}"
     );
 }
+
+/// A wait from history reports a change made before it was called, and later ones, without
+/// reading the key.
+#[tokio::test]
+async fn a_wait_from_history_sees_past_and_later_changes_without_a_read() {
+    let (etcd, client) = metered_etcd("from_history").await;
+    let key = client.key("k");
+    let before = etcd.metrics().await.unwrap();
+    let revision = |r: etcd_client::PutResponse| r.header().unwrap().revision();
+    let first = revision(client.put(key.clone(), "1", None).await.unwrap());
+    let second = revision(client.put(key.clone(), "2", None).await.unwrap());
+    let wait = coord_core::watch::wait_changed_value_from_history;
+    let (at, kv) = tokio::time::timeout(BOUND, wait(&client, key.clone(), first + 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((at, kv.unwrap().value().to_vec()), (second, b"2".to_vec()));
+
+    let later = tokio::spawn({
+        let (client, key) = (client.clone(), key.clone());
+        async move { wait(&client, key, second + 1).await }
+    });
+    let deleted = client
+        .delete(key.clone(), None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let (at, kv) = tokio::time::timeout(BOUND, later)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((at, kv.is_none()), (deleted, true));
+    let after = etcd.metrics().await.unwrap();
+    assert_eq!(ranges(&after) - ranges(&before), 0.0, "a wait read the key");
+}

@@ -10,7 +10,9 @@ use coord_core::etcd_client::{
     Compare, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use coord_core::keys::{lease_key, queue_prefix, validate_name, validate_segment};
-use coord_core::watch::{KeyWatch, wait_changed, wait_changed_value, wait_older_deleted};
+use coord_core::watch::{
+    KeyWatch, wait_changed, wait_changed_value_from_history, wait_older_deleted,
+};
 use coord_core::{Client, Error as CoreError, FencingToken, Ownership, Session};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
@@ -766,7 +768,10 @@ impl Semaphore {
                                 false => continue,
                             }
                         }
-                        r = wait_changed_value(client, predecessor, read_revision + 1) => r,
+                        // From history: no read per wait. A mark in the wait's first ~100 ms may
+                        // be seen that much later; the hand-off to this key, on its own watch, is
+                        // not delayed (semaphore.md §2).
+                        r = wait_changed_value_from_history(client, predecessor, read_revision + 1) => r,
                     };
                     match change {
                         // The predecessor was granted, so its rank is below the limit and this
