@@ -57,13 +57,7 @@ pub async fn wait_deleted(
 ) -> Result<i64> {
     first_event(
         client,
-        Target {
-            key: key.into(),
-            range_end: None,
-            deletes_only: true,
-            created_before: None,
-            from_history: false,
-        },
+        Target::one_key(key.into(), true, false),
         start_revision,
     )
     .await
@@ -119,19 +113,10 @@ pub async fn wait_changed_value(
     key: impl Into<Vec<u8>>,
     start_revision: i64,
 ) -> Result<(i64, Option<KeyValue>)> {
-    first_event(
-        client,
-        Target {
-            key: key.into(),
-            range_end: None,
-            deletes_only: false,
-            created_before: None,
-            from_history: false,
-        },
-        start_revision,
-    )
-    .await
-    .map(|woken| (woken.revision, woken.kv))
+    let target = Target::one_key(key.into(), false, false);
+    first_event(client, target, start_revision)
+        .await
+        .map(|woken| (woken.revision, woken.kv))
 }
 
 /// Like [`wait_changed_value`], without its read: one watch from `start_revision` itself, which
@@ -163,19 +148,10 @@ pub async fn wait_changed_value_from_history(
     key: impl Into<Vec<u8>>,
     start_revision: i64,
 ) -> Result<(i64, Option<KeyValue>)> {
-    first_event(
-        client,
-        Target {
-            key: key.into(),
-            range_end: None,
-            deletes_only: false,
-            created_before: None,
-            from_history: true,
-        },
-        start_revision,
-    )
-    .await
-    .map(|woken| (woken.revision, woken.kv))
+    let target = Target::one_key(key.into(), false, true);
+    first_event(client, target, start_revision)
+        .await
+        .map(|woken| (woken.revision, woken.kv))
 }
 
 /// Waits until any key under `prefix` is deleted at or after `start_revision`, and returns the
@@ -324,13 +300,7 @@ impl KeyWatch {
                 if created_at >= start_revision {
                     // Opened after the start: changes in [start, created_at] came before the
                     // watch; a read tells whether there were any.
-                    let target = Target {
-                        key: self.key.clone(),
-                        range_end: None,
-                        deletes_only: false,
-                        created_before: None,
-                        from_history: false,
-                    };
+                    let target = Target::one_key(self.key.clone(), false, false);
                     if let Some(found) =
                         changed_since(&self.client, &target, start_revision).await?
                     {
@@ -383,6 +353,17 @@ struct Target {
 }
 
 impl Target {
+    /// A wait on one key: for its deletion only, or for any change; live, or from history.
+    fn one_key(key: Vec<u8>, deletes_only: bool, from_history: bool) -> Target {
+        Target {
+            key,
+            range_end: None,
+            deletes_only,
+            created_before: None,
+            from_history,
+        }
+    }
+
     /// Whether the event ends the wait, and whether it is certain to be one the caller waits for.
     fn matches(&self, event: &etcd_client::Event) -> Option<bool> {
         if !self.deletes_only {

@@ -156,16 +156,34 @@ async fn a_prefix_wait_from_a_compacted_revision_is_reported() {
     );
 }
 
-#[tokio::test]
-async fn the_wait_survives_a_reset_connection() {
+/// An etcd of the test's own, a fault proxy in front of it, a client connected directly and one
+/// (in the same namespace) through the proxy.
+async fn proxied(label: &str) -> (Etcd, FaultProxy, coord_core::Client, coord_core::Client) {
     let etcd = Etcd::start().await.unwrap();
     let proxy = FaultProxy::start(etcd.client_addr()).await.unwrap();
-    let direct = client_of(&etcd, "reset").await;
+    let direct = client_of(&etcd, label).await;
     let via_proxy = ClientConfig::new([proxy.endpoint()])
         .with_namespace(direct.namespace())
         .connect()
         .await
         .unwrap();
+    (etcd, proxy, direct, via_proxy)
+}
+
+/// Cuts the proxy's connections once the client behind it has one (its watch is being set up).
+async fn cut_once_connected(proxy: &FaultProxy) {
+    let established = async {
+        while proxy.connections() == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(BOUND, established).await.unwrap();
+    proxy.cut();
+}
+
+#[tokio::test]
+async fn the_wait_survives_a_reset_connection() {
+    let (_etcd, proxy, direct, via_proxy) = proxied("reset").await;
     let key = direct.key("k");
     let rev = direct
         .put(key.clone(), "1", None)
@@ -180,13 +198,7 @@ async fn the_wait_survives_a_reset_connection() {
         async move { wait_deleted(&via_proxy, key, rev + 1).await }
     });
     // Let the watch be established through the proxy before cutting it.
-    let established = async {
-        while proxy.connections() == 0 {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(BOUND, established).await.unwrap();
-    proxy.cut();
+    cut_once_connected(&proxy).await;
     let deleted = direct
         .delete(key, None)
         .await
@@ -450,14 +462,7 @@ async fn a_key_watch_opened_after_a_change_reports_it_from_a_read() {
 /// `wait_changed_value`s, which re-create their watches).
 #[tokio::test]
 async fn a_key_watch_survives_a_reset_connection() {
-    let etcd = Etcd::start().await.unwrap();
-    let proxy = FaultProxy::start(etcd.client_addr()).await.unwrap();
-    let direct = client_of(&etcd, "key_watch_reset").await;
-    let via_proxy = ClientConfig::new([proxy.endpoint()])
-        .with_namespace(direct.namespace())
-        .connect()
-        .await
-        .unwrap();
+    let (_etcd, proxy, direct, via_proxy) = proxied("key_watch_reset").await;
     let key = direct.key("k");
     let start = direct
         .put(key.clone(), "1", None)
@@ -469,13 +474,7 @@ async fn a_key_watch_survives_a_reset_connection() {
         + 1;
     let mut watch = coord_core::watch::KeyWatch::open(&via_proxy, key.clone());
     let waiter = tokio::spawn(async move { watch.changed_since(start).await });
-    let established = async {
-        while proxy.connections() == 0 {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(BOUND, established).await.unwrap();
-    proxy.cut();
+    cut_once_connected(&proxy).await;
     let deleted = direct
         .delete(key, None)
         .await
