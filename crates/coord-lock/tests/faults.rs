@@ -203,3 +203,63 @@ async fn a_busy_queue_costs_the_empty_queue_attempt_once() {
         assert_eq!(ranges(&etcd).await - before, expected);
     }
 }
+
+/// Range requests an isolated server has answered (the unary `Range` RPC only: transactions,
+/// watches and their catch-ups are not counted).
+async fn range_requests(etcd: &Etcd) -> f64 {
+    let scrape = coord_testkit::bench::metrics::Scrape::parse(&etcd.metrics().await.unwrap());
+    scrape.sum("grpc_server_handled_total", &[("grpc_method", "Range")])
+}
+
+/// A semaphore's waits make no read request (docs/design/semaphore.md §2): a first waiter and a
+/// waiter behind it, each granted in turn by a hand-off, with no `Range` RPC from their enqueue to
+/// their release. Before, a wait read the key it watched whenever a write had landed between its
+/// start revision and its watch's creation (here: once; under load, on almost every wait).
+#[tokio::test]
+async fn semaphore_waits_send_no_read_requests() {
+    let etcd = Etcd::builder()
+        .arg("--metrics=extensive")
+        .start()
+        .await
+        .unwrap();
+    let client = ClientConfig::new(etcd.endpoints())
+        .with_namespace(coord_testkit::unique_namespace("sem_no_reads"))
+        .connect()
+        .await
+        .unwrap();
+    let session = || Session::new(client.clone(), Duration::from_secs(10));
+    let (a, b, c) = (
+        session().await.unwrap(),
+        session().await.unwrap(),
+        session().await.unwrap(),
+    );
+    let semaphore = |s: &Session| Semaphore::new(s, "s", Limit::Fixed(1)).unwrap();
+    let prefix = semaphore(&a).prefix().to_owned();
+    let held = semaphore(&a).acquire().await.unwrap();
+    let first = tokio::spawn({
+        let s = semaphore(&b);
+        async move { s.acquire().await }
+    });
+    queue_len_becomes(&client, &prefix, 2).await;
+    let behind = tokio::spawn({
+        let s = semaphore(&c);
+        async move { s.acquire().await }
+    });
+    queue_len_becomes(&client, &prefix, 3).await;
+
+    let before = range_requests(&etcd).await;
+    held.release().await.unwrap();
+    let granted = tokio::time::timeout(BOUND, first)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    granted.release().await.unwrap();
+    let last = tokio::time::timeout(BOUND, behind)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    last.release().await.unwrap();
+    assert_eq!(range_requests(&etcd).await - before, 0.0);
+}
