@@ -301,14 +301,19 @@ impl KeyWatch {
                     // Opened after the start: changes in [start, created_at] came before the
                     // watch; a read tells whether there were any.
                     let target = Target::one_key(self.key.clone(), false, false);
-                    if let Some(found) =
-                        changed_since(&self.client, &target, start_revision).await?
-                    {
-                        self.note(found.0, found.1);
-                        continue;
+                    match changed_since(&self.client, &target, start_revision).await {
+                        Ok(Some((revision, kv))) => {
+                            self.note(revision, kv);
+                            continue;
+                        }
+                        // Nothing before the watch: from now on its events tell.
+                        Ok(None) => self.created_at = Some(start_revision - 1),
+                        // A failed read must not fail the wait: `wait_changed_value` retries.
+                        Err(_) => {
+                            self.watch = None;
+                            continue;
+                        }
                     }
-                    // Nothing before the watch: from now on its events tell.
-                    self.created_at = Some(start_revision - 1);
                 }
             }
             let response = match watch.next().await {
