@@ -391,17 +391,18 @@ impl Semaphore {
         let enqueued = entry.settle().await?;
         let ownership = Ownership::new(self.key.clone(), enqueued.revision);
         let lease = KeyLease::Keep;
-        match self.place_at_enqueue(&enqueued, &ownership) {
-            Some(Place::Granted) => {
+        // `own` is there exactly when the caller waits.
+        match (self.place_at_enqueue(&enqueued, &ownership), own) {
+            (Some(Place::Granted), _) => {
                 if self.marks_every_grant() {
                     self.mark_held(&ownership, &holder, lease).await?;
                 }
             }
-            place if wait => {
+            (place, Some(own)) => {
                 self.wait_for_grant(&ownership, &holder, lease, place, own)
                     .await?
             }
-            place => {
+            (place, None) => {
                 let granted = match place {
                     Some(_) => false,
                     None => matches!(
@@ -530,14 +531,15 @@ impl Semaphore {
             });
         }
         let lease = KeyLease::Durable(durability);
-        match self.place_at_enqueue(&enqueued, &ownership) {
+        // `own` is there exactly when the caller waits.
+        match (self.place_at_enqueue(&enqueued, &ownership), own) {
             // A durable grant always writes: it moves the key off the waiter's session.
-            Some(Place::Granted) => self.mark_held(&ownership, id, lease).await?,
-            place if wait => {
+            (Some(Place::Granted), _) => self.mark_held(&ownership, id, lease).await?,
+            (place, Some(own)) => {
                 self.wait_for_grant(&ownership, id, lease, place, own)
                     .await?
             }
-            place => {
+            (place, None) => {
                 let granted = match place {
                     Some(_) => false,
                     None => matches!(
@@ -642,20 +644,18 @@ impl Semaphore {
         format!("{}{DURABLE_MARK}{id}", self.prefix)
     }
 
-    /// Evaluates and waits until granted. Wake-up rule: docs/design/semaphore.md §2–3.
+    /// Evaluates and waits until granted. Wake-up rule: docs/design/semaphore.md §2–3. `own` is the
+    /// watch on the entry's own key, opened before its enqueue: hand-offs mark that key.
     async fn wait_for_grant(
         &self,
         ownership: &Ownership,
         holder: &str,
         lease: KeyLease,
         mut known: Option<Place>,
-        own: Option<KeyWatch>,
+        mut own: KeyWatch,
     ) -> Result<()> {
         let client = self.session.client();
         let expect_handoff = Handoff::expected(self.limit);
-        // The watch on this entry's own key (opened before the enqueue by the callers): hand-offs
-        // mark that key.
-        let mut own = own.unwrap_or_else(|| KeyWatch::open(client, ownership.key().to_vec()));
         // The first evaluation (of a key that already existed) follows no wake-up: nobody is
         // about to hand off to it.
         let mut waited = known.is_some();
