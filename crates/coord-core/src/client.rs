@@ -120,8 +120,8 @@ pub struct Client {
 
 struct Shared {
     etcd: etcd_client::Client,
-    /// The KV sub-client, cloned per request (cheaper than cloning the whole client).
-    kv: etcd_client::KvClient,
+    /// KV sub-clients for requests, reused (see [`KvPool`]).
+    kv: Arc<KvPool>,
     /// The multiplexed watch stream of this client (and its clones).
     hub: crate::hub::Hub,
     namespace: String,
@@ -129,6 +129,75 @@ struct Shared {
     /// Who the client authenticates as (see [`Client::identity`]).
     identity: String,
     request_timeout: Duration,
+}
+
+/// Idle KV sub-clients. A request takes one (or clones a fresh one when none is idle) and gives it
+/// back when its attempt ends. Cloning a sub-client per request costs several allocations (the
+/// channel's buffer sender, its reservation future, the gRPC client's origin), and its first
+/// request allocates again: a reused one, like the client a caller of etcd-client keeps, does not.
+struct KvPool {
+    base: etcd_client::KvClient,
+    idle: std::sync::Mutex<Vec<etcd_client::KvClient>>,
+}
+
+/// At most this many idle sub-clients are kept (the number of requests usually in flight at once
+/// is small; beyond it, clones are dropped after their request).
+const KV_POOL_IDLE: usize = 16;
+
+impl KvPool {
+    fn new(base: etcd_client::KvClient) -> Arc<KvPool> {
+        Arc::new(KvPool {
+            base,
+            idle: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    fn take(self: &Arc<Self>) -> PooledKv {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        PooledKv {
+            kv: Some(idle.unwrap_or_else(|| self.base.clone())),
+            pool: Arc::clone(self),
+        }
+    }
+}
+
+/// A KV sub-client on loan from a [`KvPool`]; returned when dropped.
+struct PooledKv {
+    kv: Option<etcd_client::KvClient>,
+    pool: Arc<KvPool>,
+}
+
+impl std::ops::Deref for PooledKv {
+    type Target = etcd_client::KvClient;
+
+    fn deref(&self) -> &etcd_client::KvClient {
+        self.kv.as_ref().unwrap_or(&self.pool.base)
+    }
+}
+
+impl std::ops::DerefMut for PooledKv {
+    fn deref_mut(&mut self) -> &mut etcd_client::KvClient {
+        self.kv.get_or_insert_with(|| self.pool.base.clone())
+    }
+}
+
+impl Drop for PooledKv {
+    fn drop(&mut self) {
+        if let Some(kv) = self.kv.take() {
+            let mut idle = self
+                .pool
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if idle.len() < KV_POOL_IDLE {
+                idle.push(kv);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -169,7 +238,7 @@ impl Client {
             .map_err(|e| Error::from_etcd("connect", e))?;
         Ok(Client {
             shared: Arc::new(Shared {
-                kv: etcd.kv_client(),
+                kv: KvPool::new(etcd.kv_client()),
                 etcd,
                 hub: crate::hub::Hub::default(),
                 identity: config.identity(),
@@ -184,7 +253,7 @@ impl Client {
     pub fn from_etcd(etcd: etcd_client::Client) -> Client {
         Client {
             shared: Arc::new(Shared {
-                kv: etcd.kv_client(),
+                kv: KvPool::new(etcd.kv_client()),
                 etcd,
                 hub: crate::hub::Hub::default(),
                 namespace: String::new(),
@@ -285,8 +354,13 @@ impl Client {
         F: FnMut(etcd_client::Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        self.call(&self.shared.etcd, operation, Replay::IfNeverSent, f)
-            .await
+        self.call(
+            || self.shared.etcd.clone(),
+            operation,
+            Replay::IfNeverSent,
+            f,
+        )
+        .await
     }
 
     /// Like [`Client::request`] for requests that are safe to repeat (reads): also retried, within
@@ -304,31 +378,33 @@ impl Client {
         F: FnMut(etcd_client::Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        self.call(&self.shared.etcd, operation, Replay::IfUnavailable, f)
-            .await
+        self.call(
+            || self.shared.etcd.clone(),
+            operation,
+            Replay::IfUnavailable,
+            f,
+        )
+        .await
     }
 
+    /// Runs `f` on a handle from `checkout` per attempt, within the request timeout.
     async fn call<C, T, F, Fut>(
         &self,
-        handle: &C,
+        checkout: impl Fn() -> C,
         operation: &'static str,
         replay: Replay,
         mut f: F,
     ) -> Result<T>
     where
-        C: Clone,
         F: FnMut(C) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let after = self.shared.request_timeout;
         let deadline = Instant::now() + after;
-        let mut backoff = RetryPolicy::new()
-            .with_min_delay(Duration::from_millis(20))
-            .with_max_delay(Duration::from_millis(500))
-            .with_max_elapsed(None)
-            .backoff();
+        // Built at the first failure: most requests succeed at once.
+        let mut backoff = None;
         loop {
-            let source = match tokio::time::timeout_at(deadline, f(handle.clone())).await {
+            let source = match tokio::time::timeout_at(deadline, f(checkout())).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(source)) => source,
                 Err(_) => return Err(Error::Timeout { operation, after }),
@@ -337,7 +413,16 @@ impl Client {
             let error = Error::from_etcd(operation, source);
             let replayable = matches!(error, Error::Unavailable { .. })
                 && (never_sent || replay == Replay::IfUnavailable);
-            let delay = backoff.next().unwrap_or(Duration::from_millis(500));
+            let delay = backoff
+                .get_or_insert_with(|| {
+                    RetryPolicy::new()
+                        .with_min_delay(Duration::from_millis(20))
+                        .with_max_delay(Duration::from_millis(500))
+                        .with_max_elapsed(None)
+                        .backoff()
+                })
+                .next()
+                .unwrap_or(Duration::from_millis(500));
             if !replayable || Instant::now() + delay >= deadline {
                 return Err(error);
             }
@@ -361,10 +446,15 @@ impl Client {
         options: Option<GetOptions>,
     ) -> Result<GetResponse> {
         let key = key.into();
-        self.call(&self.shared.kv, "get", Replay::IfUnavailable, |mut etcd| {
-            let (key, options) = (key.clone(), options.clone());
-            async move { etcd.get(key, options).await }
-        })
+        self.call(
+            || self.shared.kv.take(),
+            "get",
+            Replay::IfUnavailable,
+            |mut etcd| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { etcd.get(key, options).await }
+            },
+        )
         .await
     }
 
@@ -384,10 +474,15 @@ impl Client {
         options: Option<PutOptions>,
     ) -> Result<PutResponse> {
         let (key, value) = (key.into(), value.into());
-        self.call(&self.shared.kv, "put", Replay::IfNeverSent, |mut etcd| {
-            let (key, value, options) = (key.clone(), value.clone(), options.clone());
-            async move { etcd.put(key, value, options).await }
-        })
+        self.call(
+            || self.shared.kv.take(),
+            "put",
+            Replay::IfNeverSent,
+            |mut etcd| {
+                let (key, value, options) = (key.clone(), value.clone(), options.clone());
+                async move { etcd.put(key, value, options).await }
+            },
+        )
         .await
     }
 
@@ -407,7 +502,7 @@ impl Client {
     ) -> Result<DeleteResponse> {
         let key = key.into();
         self.call(
-            &self.shared.kv,
+            || self.shared.kv.take(),
             "delete",
             Replay::IfNeverSent,
             |mut etcd| {
@@ -432,10 +527,21 @@ impl Client {
     /// not have been applied. The request is never cancelled on the wire because etcd 3.5.0–3.5.4
     /// crash when a read-only transaction is cancelled while they run it (etcd-io/etcd#14110).
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        self.call(&self.shared.kv, "txn", Replay::IfNeverSent, |mut etcd| {
-            let txn = txn.clone();
-            detached(async move { etcd.txn(txn).await })
-        })
+        self.txn_with(|| txn.clone()).await
+    }
+
+    /// [`Client::txn`] with the transaction built by `build` for each attempt: for callers that
+    /// would otherwise keep one to copy per attempt (building it costs what copying it does).
+    pub(crate) async fn txn_with(&self, build: impl Fn() -> Txn) -> Result<TxnResponse> {
+        self.call(
+            || self.shared.kv.take(),
+            "txn",
+            Replay::IfNeverSent,
+            |mut etcd| {
+                let txn = build();
+                detached(async move { etcd.txn(txn).await })
+            },
+        )
         .await
     }
 

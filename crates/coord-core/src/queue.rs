@@ -346,9 +346,11 @@ async fn enqueue(
         // create revision: true exactly when the queue is empty. (A lost answer of an applied
         // attempt makes the retry fail on our own key; the full transaction below then finds
         // the key as this call's own.)
-        let txn = Txn::new()
-            .when([Compare::create_revision(prefix, CompareOp::Equal, 0).with_prefix()])
-            .and_then([TxnOp::put(key.clone(), value.clone(), Some(put.clone()))]);
+        let txn = || {
+            Txn::new()
+                .when([Compare::create_revision(prefix.clone(), CompareOp::Equal, 0).with_prefix()])
+                .and_then([TxnOp::put(key.clone(), value.clone(), Some(put.clone()))])
+        };
         let resp = send(&client, txn, lease, &uncertain).await?;
         if resp.succeeded() {
             return Ok(Enqueued {
@@ -360,16 +362,19 @@ async fn enqueue(
             });
         }
     }
-    let then: Vec<TxnOp> = std::iter::once(TxnOp::put(key.clone(), value.clone(), Some(put)))
-        .chain(reads.iter().cloned())
-        .collect();
-    let otherwise: Vec<TxnOp> = std::iter::once(TxnOp::get(key.clone(), None))
-        .chain(reads)
-        .collect();
-    let txn = Txn::new()
-        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-        .and_then(then)
-        .or_else(otherwise);
+    let txn = || {
+        let then: Vec<TxnOp> =
+            std::iter::once(TxnOp::put(key.clone(), value.clone(), Some(put.clone())))
+                .chain(reads.iter().cloned())
+                .collect();
+        let otherwise: Vec<TxnOp> = std::iter::once(TxnOp::get(key.clone(), None))
+            .chain(reads.iter().cloned())
+            .collect();
+        Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then(then)
+            .or_else(otherwise)
+    };
     let resp = send(&client, txn, lease, &uncertain).await?;
     let header_revision = resp.header().map_or(0, |h| h.revision());
     let mut responses = resp.op_responses().into_iter();
@@ -418,7 +423,7 @@ async fn enqueue(
 /// `uncertain` when a failed attempt may have been applied.
 async fn send(
     client: &Client,
-    txn: Txn,
+    txn: impl Fn() -> Txn,
     lease: LeaseId,
     uncertain: &std::sync::atomic::AtomicBool,
 ) -> Result<etcd_client::TxnResponse> {
@@ -427,7 +432,7 @@ async fn send(
         .with_max_delay(Duration::from_millis(500))
         .with_max_elapsed(Some(client.request_timeout()))
         .retry(|| async {
-            match client.txn(txn.clone()).await {
+            match client.txn_with(&txn).await {
                 Ok(resp) => Ok(resp),
                 // The put names a lease that is gone: the session expired under us.
                 Err(e) if is_lease_not_found(&e) => Err(Error::SessionLost { lease_id: lease }),
@@ -466,9 +471,11 @@ fn is_lease_not_found(e: &Error) -> bool {
 ///
 /// Dropping the future abandons the request; it may or may not have been applied.
 pub async fn release(client: &Client, ownership: &Ownership) -> Result<bool> {
-    let txn = Txn::new()
-        .when([ownership.compare()])
-        .and_then([TxnOp::delete(ownership.key().to_vec(), None)]);
+    let txn = || {
+        Txn::new()
+            .when([ownership.compare()])
+            .and_then([TxnOp::delete(ownership.key().to_vec(), None)])
+    };
     let attempts = std::sync::atomic::AtomicU32::new(0);
     RetryPolicy::new()
         .with_min_delay(Duration::from_millis(20))
@@ -476,8 +483,7 @@ pub async fn release(client: &Client, ownership: &Ownership) -> Result<bool> {
         .with_max_elapsed(Some(client.request_timeout()))
         .retry(|| {
             let earlier = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0;
-            let txn = txn.clone();
-            async move { Ok(client.txn(txn).await?.succeeded() || earlier) }
+            async move { Ok(client.txn_with(txn).await?.succeeded() || earlier) }
         })
         .await
 }

@@ -3,9 +3,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// How coord retries transient failures: exponential backoff with jitter between `min_delay` and
 /// `max_delay`, giving up after `max_elapsed` of accumulated delay (or `max_times` attempts).
@@ -113,22 +113,33 @@ impl RetryPolicy {
     /// # Cancel safety
     ///
     /// As cancel safe as `op`: dropping the future drops the attempt in flight.
-    pub async fn retry<T, F, Fut>(&self, op: F) -> Result<T>
+    pub async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        op.retry(self.builder())
-            .sleep(tokio::time::sleep)
-            .when(Error::is_retryable)
-            .notify(|error, delay| tracing::debug!(%error, ?delay, "retrying"))
-            .await
+        // backon's schedule, built only once an attempt failed: most calls succeed at once, and
+        // they are on the path of every lock and release (building it seeds a jitter source).
+        let mut backoff: Option<ExponentialBackoff> = None;
+        loop {
+            let error = match op().await {
+                Ok(value) => return Ok(value),
+                Err(error) if !error.is_retryable() => return Err(error),
+                Err(error) => error,
+            };
+            let Some(delay) = backoff.get_or_insert_with(|| self.backoff()).next() else {
+                return Err(error);
+            };
+            tracing::debug!(%error, ?delay, "retrying");
+            tokio::time::sleep(delay).await;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test(start_paused = true)]
