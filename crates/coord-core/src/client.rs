@@ -530,9 +530,33 @@ impl Client {
         self.txn_with(|| txn.clone()).await
     }
 
-    /// [`Client::txn`] with the transaction built by `build` for each attempt: for callers that
-    /// would otherwise keep one to copy per attempt (building it costs what copying it does).
-    pub(crate) async fn txn_with(&self, build: impl Fn() -> Txn) -> Result<TxnResponse> {
+    /// [`Client::txn`] with the transaction built by `build` for each attempt. Inside a retry
+    /// loop of your own, `txn_with(|| txn.clone())` copies the transaction once per attempt,
+    /// where `txn(txn.clone())` copies it twice (`txn` keeps its argument to send again if the
+    /// connection fails before the request leaves).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: coord_core::Client) -> coord_core::Result<()> {
+    /// use coord_core::RetryPolicy;
+    /// use coord_core::etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    ///
+    /// let key = client.key("config/mode");
+    /// let txn = Txn::new()
+    ///     .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+    ///     .and_then([TxnOp::put(key.clone(), "safe", None)]);
+    /// let resp = RetryPolicy::new().retry(|| client.txn_with(|| txn.clone())).await?;
+    /// println!("created: {}", resp.succeeded());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::txn`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Client::txn`]: dropping the future abandons the wait, not the request.
+    pub async fn txn_with(&self, build: impl Fn() -> Txn) -> Result<TxnResponse> {
         self.call(
             || self.shared.kv.take(),
             "txn",

@@ -667,7 +667,7 @@ pub async fn wait_for_turn(
                 let resp = tokio::select! {
                     biased;
                     _ = session.ended() => return Err(session_end_error(session)),
-                    resp = retry.retry(|| client.txn(read.clone())) => resp?,
+                    resp = retry.retry(|| client.txn_with(|| read.clone())) => resp?,
                 };
                 let read_revision = resp.header().map_or(0, |h| h.revision());
                 let gets: Vec<GetResponse> = resp

@@ -95,7 +95,10 @@ impl Handoff {
     /// ours to make): reads the head, then as [`hand_off_from`](Self::hand_off_from).
     pub(crate) async fn after_delete(&self, client: &Client) {
         let read = Txn::new().and_then(self.reads());
-        match read_retry().retry(|| client.txn(read.clone())).await {
+        match read_retry()
+            .retry(|| client.txn_with(|| read.clone()))
+            .await
+        {
             Ok(resp) => self.hand_off_from(client, resp.op_responses()).await,
             Err(error) => tracing::debug!(%error, prefix = %self.prefix, "hand-off read failed"),
         }
@@ -199,9 +202,9 @@ pub(crate) async fn release(
         .with_max_elapsed(Some(client.request_timeout()))
         .retry(|| {
             let earlier = attempts.fetch_add(1, Ordering::Relaxed) > 0;
-            let txn = txn.clone();
+            let txn = &txn;
             async move {
-                let resp = client.txn(txn).await?;
+                let resp = client.txn_with(|| txn.clone()).await?;
                 Ok(if resp.succeeded() {
                     Some(resp.op_responses())
                 } else if earlier {

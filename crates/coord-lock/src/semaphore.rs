@@ -1001,7 +1001,9 @@ impl Semaphore {
                 TxnOp::get(self.prefix.clone(), Some(older_window(revision, window))),
                 TxnOp::get(self.limit_key.clone(), None),
             ]);
-            let resp = read_retry().retry(|| client.txn(read.clone())).await?;
+            let resp = read_retry()
+                .retry(|| client.txn_with(|| read.clone()))
+                .await?;
             let read_revision = resp.header().map_or(0, |h| h.revision());
             let gets: Vec<_> = resp
                 .op_responses()
