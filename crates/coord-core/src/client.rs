@@ -387,6 +387,16 @@ impl Client {
         .await
     }
 
+    /// [`call`](Self::call) with a KV sub-client from the pool.
+    async fn kv_call<T, F, Fut>(&self, operation: &'static str, replay: Replay, f: F) -> Result<T>
+    where
+        F: FnMut(PooledKv) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.call(|| self.shared.kv.take(), operation, replay, f)
+            .await
+    }
+
     /// Runs `f` on a handle from `checkout` per attempt, within the request timeout.
     async fn call<C, T, F, Fut>(
         &self,
@@ -446,15 +456,10 @@ impl Client {
         options: Option<GetOptions>,
     ) -> Result<GetResponse> {
         let key = key.into();
-        self.call(
-            || self.shared.kv.take(),
-            "get",
-            Replay::IfUnavailable,
-            |mut etcd| {
-                let (key, options) = (key.clone(), options.clone());
-                async move { etcd.get(key, options).await }
-            },
-        )
+        self.kv_call("get", Replay::IfUnavailable, |mut etcd| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { etcd.get(key, options).await }
+        })
         .await
     }
 
@@ -474,15 +479,10 @@ impl Client {
         options: Option<PutOptions>,
     ) -> Result<PutResponse> {
         let (key, value) = (key.into(), value.into());
-        self.call(
-            || self.shared.kv.take(),
-            "put",
-            Replay::IfNeverSent,
-            |mut etcd| {
-                let (key, value, options) = (key.clone(), value.clone(), options.clone());
-                async move { etcd.put(key, value, options).await }
-            },
-        )
+        self.kv_call("put", Replay::IfNeverSent, |mut etcd| {
+            let (key, value, options) = (key.clone(), value.clone(), options.clone());
+            async move { etcd.put(key, value, options).await }
+        })
         .await
     }
 
@@ -501,15 +501,10 @@ impl Client {
         options: Option<DeleteOptions>,
     ) -> Result<DeleteResponse> {
         let key = key.into();
-        self.call(
-            || self.shared.kv.take(),
-            "delete",
-            Replay::IfNeverSent,
-            |mut etcd| {
-                let (key, options) = (key.clone(), options.clone());
-                async move { etcd.delete(key, options).await }
-            },
-        )
+        self.kv_call("delete", Replay::IfNeverSent, |mut etcd| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { etcd.delete(key, options).await }
+        })
         .await
     }
 
@@ -557,15 +552,10 @@ impl Client {
     ///
     /// As [`Client::txn`]: dropping the future abandons the wait, not the request.
     pub async fn txn_with(&self, build: impl Fn() -> Txn) -> Result<TxnResponse> {
-        self.call(
-            || self.shared.kv.take(),
-            "txn",
-            Replay::IfNeverSent,
-            |mut etcd| {
-                let txn = build();
-                detached(async move { etcd.txn(txn).await })
-            },
-        )
+        self.kv_call("txn", Replay::IfNeverSent, |mut etcd| {
+            let txn = build();
+            detached(async move { etcd.txn(txn).await })
+        })
         .await
     }
 
