@@ -10,7 +10,7 @@ use crate::Result;
 /// How coord retries transient failures: exponential backoff with jitter between `min_delay` and
 /// `max_delay`, giving up after `max_elapsed` of accumulated delay (or `max_times` attempts).
 ///
-/// Only errors for which [`Error::is_retryable`] holds are retried.
+/// Only errors for which [`Error::is_retryable`](crate::Error::is_retryable) holds are retried.
 ///
 /// ```no_run
 /// # async fn demo(client: coord_core::Client) -> coord_core::Result<()> {
