@@ -69,6 +69,11 @@ impl Bench {
         plan
     }
 
+    /// The etcd server's process id, for its CPU time.
+    pub(crate) fn etcd_pid(&self) -> Option<u32> {
+        self.etcd.pid()
+    }
+
     /// A client with its own connection, in `namespace`.
     pub(crate) async fn client(&self, namespace: &str) -> Client {
         ClientConfig::new(self.etcd.endpoints())

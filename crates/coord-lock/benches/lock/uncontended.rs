@@ -11,9 +11,15 @@
 //!   steadier from run to run than the rounds' (rounds of the same variant differ by up to 15 %
 //!   here). The target is judged on this one.
 //!
-//! Two more variants send raw, through etcd-client, the requests a lock with coord's semantics
+//! The rounds also measure the CPU time each variant costs per cycle, in this process (the
+//! client) and in etcd (the server), which splits a cycle's cost without the wall clock's noise.
+//!
+//! Three more variants send raw, through etcd-client, the requests a lock with coord's semantics
 //! sends, splitting coord's distance from the floor into what etcd does for those requests and
 //! what coord's client code adds:
+//! - "raw floor, guarded delete": the floor's create transaction, then the delete guarded by the
+//!   create revision (`if create_revision(k) == rev then delete(k)`), as an unlock that must never
+//!   delete a newer holder's key (Go's bug #22082) sends it: what that guard alone costs etcd;
 //! - "coord's requests, raw": what coord's Mutex sends while it finds the queue empty — the
 //!   empty-queue transaction `if create_revision([prefix, end)) == 0 then put(k, lease)`, and the
 //!   delete guarded by the create revision;
@@ -30,6 +36,7 @@ use coord_core::etcd_client::{
 use coord_lock::Mutex;
 
 use crate::Bench;
+use coord_testkit::bench::cpu::{CpuMeter, CpuSpent};
 use coord_testkit::bench::report::{Ratio, Report, Target};
 use coord_testkit::bench::rounds::{Tally, order, rounded};
 
@@ -39,10 +46,12 @@ const TTL: Duration = Duration::from_secs(60);
 
 /// One way of taking and releasing the lock.
 enum Cycle {
-    /// `if create_revision(k) == 0 then put(k, lease)`, then `delete(k)`.
+    /// `if create_revision(k) == 0 then put(k, lease)`, then `delete(k)` (`guarded`: `if
+    /// create_revision(k) == rev then delete(k)`).
     Floor {
         kv: KvClient,
         key: String,
+        guarded: bool,
     },
     Coord {
         mutex: Mutex,
@@ -74,7 +83,7 @@ struct Variant {
 impl Variant {
     async fn once(&mut self) {
         match &mut self.cycle {
-            Cycle::Floor { kv, key } => {
+            Cycle::Floor { kv, key, guarded } => {
                 let create = Txn::new()
                     .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                     .and_then([TxnOp::put(
@@ -82,9 +91,14 @@ impl Variant {
                         "",
                         Some(PutOptions::new().with_lease(self.lease)),
                     )]);
-                let created = kv.txn(create).await.expect("create txn").succeeded();
-                assert!(created, "the floor's key was left behind");
-                kv.delete(key.clone(), None).await.expect("delete");
+                let created = kv.txn(create).await.expect("create txn");
+                assert!(created.succeeded(), "the floor's key was left behind");
+                if *guarded {
+                    let revision = created.header().expect("header").revision();
+                    guarded_delete(kv, key, revision).await;
+                } else {
+                    kv.delete(key.clone(), None).await.expect("delete");
+                }
             }
             Cycle::Requests {
                 kv,
@@ -122,15 +136,7 @@ impl Variant {
                 let created = kv.txn(create).await.expect("create txn");
                 assert!(created.succeeded(), "the variant's key was left behind");
                 let revision = created.header().expect("header").revision();
-                let delete = Txn::new()
-                    .when([Compare::create_revision(
-                        key.clone(),
-                        CompareOp::Equal,
-                        revision,
-                    )])
-                    .and_then([TxnOp::delete(key.clone(), None)]);
-                let deleted = kv.txn(delete).await.expect("delete txn");
-                assert!(deleted.succeeded(), "the guarded delete missed its key");
+                guarded_delete(kv, key, revision).await;
             }
             Cycle::Coord { mutex } => {
                 let guard = mutex.lock().await.expect("lock");
@@ -154,6 +160,15 @@ impl Variant {
         }
         (cycles, start.elapsed())
     }
+}
+
+/// `if create_revision(key) == revision then delete(key)`, which must find the key.
+async fn guarded_delete(kv: &mut KvClient, key: &str, revision: i64) {
+    let delete = Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, revision)])
+        .and_then([TxnOp::delete(key, None)]);
+    let deleted = kv.txn(delete).await.expect("delete txn");
+    assert!(deleted.succeeded(), "the guarded delete missed its key");
 }
 
 /// One cycle of each variant in turn (the order rotating every pass) for `length`; returns each
@@ -186,6 +201,7 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         "server Lock RPC",
         "coord's requests, raw",
         "Go's acquire txn, raw",
+        "raw floor, guarded delete",
     ] {
         let client = bench.client(&namespace).await;
         let session = Session::new(client.clone(), TTL).await.expect("session");
@@ -194,6 +210,12 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
             "raw floor" => Cycle::Floor {
                 kv: client.etcd().kv_client(),
                 key: format!("{namespace}floor/{lease:x}"),
+                guarded: false,
+            },
+            "raw floor, guarded delete" => Cycle::Floor {
+                kv: client.etcd().kv_client(),
+                key: format!("{namespace}guarded/{lease:x}"),
+                guarded: true,
             },
             "coord Mutex" => Cycle::Coord {
                 mutex: Mutex::new(&session, "mutex").expect("mutex"),
@@ -227,14 +249,32 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
     }
 
     let mut tallies = vec![Tally::default(); variants.len()];
+    // CPU time over the rounds, per variant; `None` where it cannot be read.
+    let mut cpu = vec![Some(CpuSpent::default()); variants.len()];
+    let etcd_pid = bench.etcd_pid();
     for round in 0..plan.rounds {
         for i in order(round, variants.len()) {
-            let ((cycles, took), window) =
-                bench.metered(variants[i].round(plan.round), false).await;
+            let variant = &mut variants[i];
+            let measured = async {
+                let meter = etcd_pid.and_then(CpuMeter::start);
+                let outcome = variant.round(plan.round).await;
+                (outcome, meter.and_then(|meter| meter.spent()))
+            };
+            let (((cycles, took), spent), window) = bench.metered(measured, false).await;
             let ms_per_cycle = took.as_secs_f64() * 1000.0 / cycles.max(1) as f64;
             tallies[i].record(ms_per_cycle, cycles, &window);
+            cpu[i] = cpu[i].zip(spent).map(|(mut total, spent)| {
+                total.add(spent);
+                total
+            });
         }
     }
+    // Microseconds of (client, server) CPU per cycle.
+    let cpu: Vec<Option<(f64, f64)>> = cpu
+        .iter()
+        .zip(&tallies)
+        .map(|(spent, tally)| spent.map(|spent| spent.micros_per(tally.ops)))
+        .collect();
 
     let interleaved = interleave(&mut variants, plan.round * plan.rounds as u32).await;
     println!(
@@ -280,6 +320,43 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         Target::None,
     );
     report.compare(
+        &format!("{SCENARIO}: raw floor with the delete guarded vs raw floor, interleaved"),
+        format!("floor {}", mean(0)),
+        mean(5),
+        Ratio::Time(interleaved[5] / interleaved[0]),
+        Target::None,
+    );
+    if let (Some(floor), Some(coord), Some(requests), Some(guarded)) =
+        (cpu[0], cpu[1], cpu[3], cpu[5])
+    {
+        let us = |(client, server): (f64, f64)| {
+            format!("client {client:.1} µs, etcd {server:.1} µs per cycle")
+        };
+        report.compare(
+            &format!("{SCENARIO}: etcd CPU, coord's requests vs raw floor, rounds"),
+            format!("floor {}", us(floor)),
+            us(requests),
+            Ratio::Time(requests.1 / floor.1),
+            Target::None,
+        );
+        report.compare(
+            &format!(
+                "{SCENARIO}: etcd CPU, raw floor with the delete guarded vs raw floor, rounds"
+            ),
+            format!("floor {}", us(floor)),
+            us(guarded),
+            Ratio::Time(guarded.1 / floor.1),
+            Target::None,
+        );
+        report.compare(
+            &format!("{SCENARIO}: client CPU, coord vs its requests sent raw, rounds"),
+            format!("raw {}", us(requests)),
+            us(coord),
+            Ratio::Time(coord.0 / requests.0),
+            Target::None,
+        );
+    }
+    report.compare(
         &format!("{SCENARIO}: coord vs raw floor, rounds"),
         format!("floor {}", ms(floor)),
         ms(coord),
@@ -300,7 +377,7 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         Ratio::Time(requests.median_ratio_to(floor)),
         Target::None,
     );
-    for (variant, tally) in variants.iter().zip(&tallies) {
+    for ((variant, tally), cpu) in variants.iter().zip(&tallies).zip(&cpu) {
         report.requests(
             &format!("{SCENARIO}: {}", variant.label),
             tally.ops,
@@ -308,10 +385,16 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
             tally.mean_unsynced(),
         );
         println!(
-            "  {:<22} per round (ms/cycle): {:?}",
+            "  {:<26} per round (ms/cycle): {:?}",
             variant.label,
             rounded(&tally.per_round)
         );
+        if let Some((client, server)) = cpu {
+            println!(
+                "  {:<26} CPU per cycle: client {client:.1} µs, etcd {server:.1} µs",
+                variant.label
+            );
+        }
     }
     for variant in variants {
         variant.session.close().await.expect("close session");

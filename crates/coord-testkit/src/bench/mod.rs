@@ -1,7 +1,7 @@
 //! Helpers for benchmarks against a testkit etcd, so that every number is a ratio to a baseline
 //! measured in the same run: etcd's `/metrics` scraped and diffed per round ([`metrics`]),
-//! interleaved rounds with medians and percentiles ([`rounds`]), and Markdown result tables
-//! ([`report`]).
+//! interleaved rounds with medians and percentiles ([`rounds`]), the client's and the server's CPU
+//! time ([`cpu`]), and Markdown result tables ([`report`]).
 //!
 //! coord's own benches (`cargo bench -p coord-lock --bench lock`, `cargo bench -p coord-leader
 //! --bench election`) are built on it; the methods are described in BENCHMARKS.md.
@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cpu;
 pub mod metrics;
 pub mod options;
 pub mod report;
