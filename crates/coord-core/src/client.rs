@@ -11,6 +11,7 @@ use etcd_client::{
 
 use tokio::time::Instant;
 
+use crate::transport::Transport;
 use crate::{ClientConfig, Error, LeaseId, Result, RetryPolicy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +84,9 @@ fn is_connect_failure(error: &etcd_client::Error) -> bool {
     };
     let mut source = std::error::Error::source(status);
     while let Some(e) = source {
-        if e.downcast_ref::<tonic::ConnectError>().is_some() {
+        if e.downcast_ref::<tonic::ConnectError>().is_some()
+            || e.downcast_ref::<crate::transport::NotConnected>().is_some()
+        {
             return true;
         }
         source = e.source();
@@ -122,6 +125,8 @@ struct Shared {
     etcd: etcd_client::Client,
     /// KV sub-clients for requests, reused (see [`KvPool`]).
     kv: Arc<KvPool>,
+    /// coord's transport under `etcd` (none for a client made with [`Client::from_etcd`]).
+    transport: Option<Transport>,
     /// The multiplexed watch stream of this client (and its clones).
     hub: crate::hub::Hub,
     namespace: String,
@@ -226,8 +231,10 @@ pub struct ServerInfo {
 
 impl Client {
     pub(crate) async fn connect(config: ClientConfig) -> Result<Client> {
-        let options = config.connect_options();
-        let connect = etcd_client::Client::connect(config.endpoints.clone(), Some(options));
+        let transport = Transport::new(&config)?;
+        let channel =
+            etcd_client::Channel::Custom(tower::util::BoxCloneSyncService::new(transport.clone()));
+        let connect = etcd_client::Client::from_channel(channel, Some(config.connect_options()));
         // With credentials etcd-client authenticates here; bound that like any request.
         let etcd = tokio::time::timeout(config.connect_timeout + config.request_timeout, connect)
             .await
@@ -240,6 +247,7 @@ impl Client {
             shared: Arc::new(Shared {
                 kv: KvPool::new(etcd.kv_client()),
                 etcd,
+                transport: Some(transport),
                 hub: crate::hub::Hub::default(),
                 identity: config.identity(),
                 namespace: config.namespace,
@@ -255,6 +263,7 @@ impl Client {
             shared: Arc::new(Shared {
                 kv: KvPool::new(etcd.kv_client()),
                 etcd,
+                transport: None,
                 hub: crate::hub::Hub::default(),
                 namespace: String::new(),
                 endpoints: Vec::new(),
@@ -397,6 +406,20 @@ impl Client {
             .await
     }
 
+    /// The transport's current connection, to hand to [`suspect`](Self::suspect) when a request
+    /// or stream started now gets no answer in time (`None` for [`Client::from_etcd`]).
+    pub(crate) fn connection(&self) -> Option<u64> {
+        self.shared.transport.as_ref().map(Transport::generation)
+    }
+
+    /// Nothing came back in time on `connection` (from [`connection`](Self::connection)):
+    /// unless it was replaced already, later requests and streams go to the next member.
+    pub(crate) fn suspect(&self, connection: Option<u64>) {
+        if let (Some(transport), Some(generation)) = (&self.shared.transport, connection) {
+            transport.suspect(generation);
+        }
+    }
+
     /// Runs `f` on a handle from `checkout` per attempt, within the request timeout.
     async fn call<C, T, F, Fut>(
         &self,
@@ -414,10 +437,16 @@ impl Client {
         // Built at the first failure: most requests succeed at once.
         let mut backoff = None;
         loop {
+            let connection = self.connection();
             let source = match tokio::time::timeout_at(deadline, f(checkout())).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(source)) => source,
-                Err(_) => return Err(Error::Timeout { operation, after }),
+                Err(_) => {
+                    // A connection that stays open but does not answer (a blackholed member):
+                    // later requests go to the next member.
+                    self.suspect(connection);
+                    return Err(Error::Timeout { operation, after });
+                }
             };
             let never_sent = is_connect_failure(&source);
             let error = Error::from_etcd(operation, source);

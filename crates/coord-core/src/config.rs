@@ -226,7 +226,8 @@ impl ClientConfig {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] (see [`validate`](Self::validate)); with credentials, also
+    /// [`Error::InvalidConfig`] (see [`validate`](Self::validate); also TLS material with no
+    /// certificate or key rustls can use, `field` `"tls"`); with credentials, also
     /// [`Error::AuthFailed`], [`Error::Tls`], [`Error::Unavailable`] or [`Error::Timeout`].
     ///
     /// # Cancel safety
@@ -237,24 +238,12 @@ impl ClientConfig {
         Client::connect(self).await
     }
 
+    /// etcd-client's options for a client on coord's own transport ([`crate::transport`], which
+    /// applies the timeouts, keep-alives and TLS): the credentials.
     pub(crate) fn connect_options(&self) -> etcd_client::ConnectOptions {
-        let mut options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(self.connect_timeout)
-            // Idle pings without an open stream count as strikes on etcd's server (PermitWithoutStream
-            // is false there), which ends in GOAWAY; ping only while streams are open.
-            .with_keep_alive_while_idle(false)
-            .with_auto_token_refresh(true);
-        if let Some((interval, timeout)) = self.keep_alive {
-            options = options.with_keep_alive(interval, timeout);
-        }
-        if let Some(keepalive) = self.tcp_keepalive {
-            options = options.with_tcp_keepalive(keepalive);
-        }
+        let mut options = etcd_client::ConnectOptions::new().with_auto_token_refresh(true);
         if let Some((user, password)) = &self.user {
             options = options.with_user(user.clone(), password.clone());
-        }
-        if let Some(tls) = &self.tls {
-            options = options.with_tls(tls.to_tonic());
         }
         options
     }
@@ -326,9 +315,9 @@ fn config_error(field: &'static str, reason: impl Into<String>) -> Error {
 /// ```
 #[derive(Clone, Default)]
 pub struct TlsConfig {
-    ca_pem: Option<Vec<u8>>,
-    identity: Option<(Vec<u8>, Vec<u8>)>,
-    domain: Option<String>,
+    pub(crate) ca_pem: Option<Vec<u8>>,
+    pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
+    pub(crate) domain: Option<String>,
 }
 
 impl fmt::Debug for TlsConfig {
@@ -342,8 +331,8 @@ impl fmt::Debug for TlsConfig {
 }
 
 impl TlsConfig {
-    /// TLS with no CA of its own (only a CA given later, or the platform's roots when etcd-client is
-    /// built with one of its `tls-roots` features).
+    /// TLS with no CA yet: servers' certificates are checked against the CA given with
+    /// [`with_ca_pem`](Self::with_ca_pem) only (no platform roots).
     pub fn new() -> TlsConfig {
         TlsConfig::default()
     }
@@ -371,20 +360,6 @@ impl TlsConfig {
     pub fn with_domain(mut self, domain: impl Into<String>) -> TlsConfig {
         self.domain = Some(domain.into());
         self
-    }
-
-    fn to_tonic(&self) -> etcd_client::TlsOptions {
-        let mut tls = etcd_client::TlsOptions::new();
-        if let Some(ca) = &self.ca_pem {
-            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
-        }
-        if let Some((cert, key)) = &self.identity {
-            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
-        }
-        if let Some(domain) = &self.domain {
-            tls = tls.domain_name(domain.clone());
-        }
-        tls
     }
 }
 

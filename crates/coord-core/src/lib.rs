@@ -75,6 +75,7 @@ pub mod queue;
 mod retry;
 pub mod session;
 pub mod stream;
+mod transport;
 pub mod watch;
 
 pub use client::{Client, ServerInfo};

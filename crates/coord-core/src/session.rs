@@ -17,7 +17,9 @@
 //!
 //! Keep-alives are sent every `ttl / 3`. A failed keep-alive (stream broken, member down, timeout) is
 //! retried at once on a fresh stream with a short jittered backoff, across reconnects and member
-//! failures, until the deadline.
+//! failures, until the deadline. A keep-alive with no reply within `ttl / 3` also gives up on its
+//! connection (a member that keeps the connection open but answers nothing): the fresh stream goes
+//! to the next member.
 //!
 //! A reply saying the lease no longer exists ends the session at once ([`LossReason::Expired`]).
 
@@ -590,6 +592,8 @@ enum Renewal {
 impl KeepAlive {
     async fn run(mut self) {
         let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+        // The connection the stream was opened on.
+        let mut connection = None;
         let mut backoff = self.backoff();
         loop {
             let deadline = self.last_ok + self.ttl - self.margin;
@@ -606,6 +610,9 @@ impl KeepAlive {
             // One attempt may not take longer than a renewal interval: a stream stuck on a dead
             // connection is replaced rather than waited for.
             let attempt_deadline = (sent + self.ttl / 3).min(deadline);
+            if stream.is_none() {
+                connection = self.client.connection();
+            }
             let outcome = tokio::select! {
                 biased;
                 () = self.shared.stop.cancelled() => return self.stopped().await,
@@ -629,7 +636,12 @@ impl KeepAlive {
                 failed => {
                     let error = match failed {
                         Ok(Err(e)) => e.to_string(),
-                        _ => "no reply in time".to_owned(),
+                        _ => {
+                            // An open connection that does not answer (a blackholed member): the
+                            // next stream goes to the next member.
+                            self.client.suspect(connection);
+                            "no reply in time".to_owned()
+                        }
                     };
                     stream = None;
                     let delay = backoff.next().unwrap_or(self.ttl / 6);

@@ -31,6 +31,20 @@ async fn an_unreachable_endpoint_is_a_retryable_unavailable_error() {
 }
 
 #[tokio::test]
+async fn a_member_that_refuses_connections_is_skipped_for_the_next() {
+    let etcd = coord_testkit::shared().await.unwrap();
+    let mut endpoints = vec!["http://127.0.0.1:1".to_owned()];
+    endpoints.extend(etcd.endpoints());
+    let client = ClientConfig::new(endpoints)
+        .with_namespace(coord_testkit::unique_namespace("skip_refusing"))
+        .connect()
+        .await
+        .unwrap();
+    client.put("k", "v", None).await.unwrap();
+    assert_eq!(client.get("k", None).await.unwrap().kvs()[0].value(), b"v");
+}
+
+#[tokio::test]
 async fn check_reports_the_server_version_and_revision() {
     let client = shared_client("check").await;
     let info = client.check().await.unwrap();

@@ -118,15 +118,7 @@ async fn session_survives_reset_connections() {
             session.state()
         );
     }
-    let direct = client_of(&etcd, "reset").await;
-    assert!(
-        direct
-            .lease_time_to_live(session.lease_id(), false)
-            .await
-            .unwrap()
-            .ttl()
-            > 0
-    );
+    assert_lease_held(&etcd, &session).await;
 }
 
 #[tokio::test]
@@ -174,4 +166,71 @@ async fn session_survives_the_loss_of_each_member_in_turn() {
         "the lease's key is gone"
     );
     session.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn requests_move_to_the_next_member_when_one_stops_answering() {
+    let etcd = Etcd::start().await.unwrap();
+    let first = FaultProxy::start(etcd.client_addr()).await.unwrap();
+    let second = FaultProxy::start(etcd.client_addr()).await.unwrap();
+    let client = ClientConfig::new([first.endpoint(), second.endpoint()])
+        .with_namespace(coord_testkit::unique_namespace("blackholed"))
+        .with_request_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    client.put("k", "v", None).await.unwrap();
+    assert_eq!(first.connections(), 1, "the first member is used first");
+    assert_eq!(second.connections(), 0, "one member at a time");
+
+    // The connection stays open but nothing comes back: only the request timeout can tell.
+    first.blackhole();
+    let err = client.get("k", None).await.unwrap_err();
+    assert!(matches!(err, coord_core::Error::Timeout { .. }), "{err:?}");
+
+    // The timed-out connection is suspect: the next request goes to the other member.
+    let resp = client.get("k", None).await.unwrap();
+    assert_eq!(resp.kvs()[0].value(), b"v");
+    assert_eq!(second.connections(), 1);
+}
+
+#[tokio::test]
+async fn session_moves_to_the_next_member_when_one_stops_answering() {
+    let etcd = Etcd::start().await.unwrap();
+    let first = FaultProxy::start(etcd.client_addr()).await.unwrap();
+    let second = FaultProxy::start(etcd.client_addr()).await.unwrap();
+    let client = ClientConfig::new([first.endpoint(), second.endpoint()])
+        .connect()
+        .await
+        .unwrap();
+    let session = Session::new(client.clone(), Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(second.connections(), 0, "one member at a time");
+    let mut state = session.subscribe();
+
+    // The keep-alive stream's connection stays open but answers nothing; its HTTP/2 ping would
+    // notice only after 15 s, far beyond the TTL. The keep-alive must give up on it sooner.
+    first.blackhole();
+    for _ in 0..2 {
+        let changed = tokio::time::timeout(session.ttl(), state.changed()).await;
+        assert!(
+            changed.is_err(),
+            "session ended with one member blackholed: {:?}",
+            session.state()
+        );
+    }
+    assert_eq!(second.connections(), 1);
+    assert_lease_held(&etcd, &session).await;
+}
+
+/// The server still holds `session`'s lease (asked over a direct connection).
+async fn assert_lease_held(etcd: &Etcd, session: &Session) {
+    let direct = client_of(etcd, "lease_held").await;
+    let ttl = direct
+        .lease_time_to_live(session.lease_id(), false)
+        .await
+        .unwrap()
+        .ttl();
+    assert!(ttl > 0, "the server no longer holds the lease (ttl {ttl})");
 }

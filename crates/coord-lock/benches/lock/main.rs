@@ -74,7 +74,15 @@ impl Bench {
         self.etcd.pid()
     }
 
-    /// A client with its own connection, in `namespace`.
+    /// A plain etcd-client with its own connection on etcd-client's own channel (tonic's), with
+    /// etcd-client's defaults: what an application without coord would use.
+    pub(crate) async fn etcd_client(&self) -> coord_core::etcd_client::Client {
+        coord_core::etcd_client::Client::connect(self.etcd.endpoints(), None)
+            .await
+            .expect("connect etcd-client")
+    }
+
+    /// A client with its own connection (on coord's transport), in `namespace`.
     pub(crate) async fn client(&self, namespace: &str) -> Client {
         ClientConfig::new(self.etcd.endpoints())
             .with_namespace(namespace)

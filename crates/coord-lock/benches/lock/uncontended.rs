@@ -14,9 +14,16 @@
 //! The rounds also measure the CPU time each variant costs per cycle, in this process (the
 //! client) and in etcd (the server), which splits a cycle's cost without the wall clock's noise.
 //!
-//! Three more variants send raw, through etcd-client, the requests a lock with coord's semantics
-//! sends, splitting coord's distance from the floor into what etcd does for those requests and
-//! what coord's client code adds:
+//! The raw floor is sent by a plain etcd-client on its own channel (tonic's balanced channel) with
+//! etcd-client's defaults, as an application without coord would send it. coord's `Client` runs
+//! etcd-client over coord's own HTTP/2 transport (`coord_core`'s `transport` module), so the same
+//! floor is measured a second time through that transport ("raw floor, coord's transport"): the
+//! gap between the two floors is the transport's share, the gap between that floor and coord's
+//! Mutex is coord's on equal transports. Every variant but the first uses coord's transport.
+//!
+//! Three more variants send raw, through etcd-client on coord's transport, the requests a lock
+//! with coord's semantics sends, splitting coord's distance from the floor into what etcd does for
+//! those requests and what coord's client code adds:
 //! - "raw floor, guarded delete": the floor's create transaction, then the delete guarded by the
 //!   create revision (`if create_revision(k) == rev then delete(k)`), as an unlock that must never
 //!   delete a newer holder's key (Go's bug #22082) sends it: what that guard alone costs etcd;
@@ -202,14 +209,20 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         "coord's requests, raw",
         "Go's acquire txn, raw",
         "raw floor, guarded delete",
+        "raw floor, coord's transport",
     ] {
         let client = bench.client(&namespace).await;
         let session = Session::new(client.clone(), TTL).await.expect("session");
         let lease = session.lease_id().get();
         let cycle = match label {
             "raw floor" => Cycle::Floor {
-                kv: client.etcd().kv_client(),
+                kv: bench.etcd_client().await.kv_client(),
                 key: format!("{namespace}floor/{lease:x}"),
+                guarded: false,
+            },
+            "raw floor, coord's transport" => Cycle::Floor {
+                kv: client.etcd().kv_client(),
+                key: format!("{namespace}floor-coord/{lease:x}"),
                 guarded: false,
             },
             "raw floor, guarded delete" => Cycle::Floor {
@@ -297,10 +310,30 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         Target::TimeAtMost(1.05),
     );
     report.compare(
-        &format!("{SCENARIO}: coord's requests sent raw vs raw floor, interleaved (etcd's share)"),
+        &format!(
+            "{SCENARIO}: coord vs raw floor on coord's transport, interleaved (same transport)"
+        ),
+        format!("floor {}", mean(6)),
+        mean(1),
+        Ratio::Time(interleaved[1] / interleaved[6]),
+        Target::None,
+    );
+    report.compare(
+        &format!(
+            "{SCENARIO}: raw floor on coord's transport vs on etcd-client's channel, interleaved (the transport's share)"
+        ),
         format!("floor {}", mean(0)),
+        mean(6),
+        Ratio::Time(interleaved[6] / interleaved[0]),
+        Target::None,
+    );
+    report.compare(
+        &format!(
+            "{SCENARIO}: coord's requests sent raw vs raw floor, coord's transport, interleaved (etcd's share)"
+        ),
+        format!("floor {}", mean(6)),
         mean(3),
-        Ratio::Time(interleaved[3] / interleaved[0]),
+        Ratio::Time(interleaved[3] / interleaved[6]),
         Target::None,
     );
     report.compare(
@@ -312,40 +345,51 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
     );
     report.compare(
         &format!(
-            "{SCENARIO}: Go's acquire txn + guarded delete sent raw vs raw floor, interleaved"
+            "{SCENARIO}: Go's acquire txn + guarded delete sent raw vs raw floor, coord's transport, interleaved"
         ),
-        format!("floor {}", mean(0)),
+        format!("floor {}", mean(6)),
         mean(4),
-        Ratio::Time(interleaved[4] / interleaved[0]),
+        Ratio::Time(interleaved[4] / interleaved[6]),
         Target::None,
     );
     report.compare(
-        &format!("{SCENARIO}: raw floor with the delete guarded vs raw floor, interleaved"),
-        format!("floor {}", mean(0)),
+        &format!(
+            "{SCENARIO}: raw floor with the delete guarded vs without, coord's transport, interleaved"
+        ),
+        format!("floor {}", mean(6)),
         mean(5),
-        Ratio::Time(interleaved[5] / interleaved[0]),
+        Ratio::Time(interleaved[5] / interleaved[6]),
         Target::None,
     );
-    if let (Some(floor), Some(coord), Some(requests), Some(guarded)) =
-        (cpu[0], cpu[1], cpu[3], cpu[5])
+    if let (Some(floor), Some(coord), Some(requests), Some(guarded), Some(ours)) =
+        (cpu[0], cpu[1], cpu[3], cpu[5], cpu[6])
     {
         let us = |(client, server): (f64, f64)| {
             format!("client {client:.1} µs, etcd {server:.1} µs per cycle")
         };
         report.compare(
-            &format!("{SCENARIO}: etcd CPU, coord's requests vs raw floor, rounds"),
+            &format!("{SCENARIO}: client CPU, raw floor on coord's transport vs on etcd-client's channel, rounds"),
             format!("floor {}", us(floor)),
-            us(requests),
-            Ratio::Time(requests.1 / floor.1),
+            us(ours),
+            Ratio::Time(ours.0 / floor.0),
             Target::None,
         );
         report.compare(
             &format!(
-                "{SCENARIO}: etcd CPU, raw floor with the delete guarded vs raw floor, rounds"
+                "{SCENARIO}: etcd CPU, coord's requests vs raw floor, coord's transport, rounds"
             ),
-            format!("floor {}", us(floor)),
+            format!("floor {}", us(ours)),
+            us(requests),
+            Ratio::Time(requests.1 / ours.1),
+            Target::None,
+        );
+        report.compare(
+            &format!(
+                "{SCENARIO}: etcd CPU, raw floor with the delete guarded vs without, coord's transport, rounds"
+            ),
+            format!("floor {}", us(ours)),
             us(guarded),
-            Ratio::Time(guarded.1 / floor.1),
+            Ratio::Time(guarded.1 / ours.1),
             Target::None,
         );
         report.compare(
@@ -371,10 +415,10 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         Target::None,
     );
     report.compare(
-        &format!("{SCENARIO}: coord's requests sent raw vs raw floor, rounds"),
-        format!("floor {}", ms(floor)),
+        &format!("{SCENARIO}: coord's requests sent raw vs raw floor, coord's transport, rounds"),
+        format!("floor {}", ms(&tallies[6])),
         ms(requests),
-        Ratio::Time(requests.median_ratio_to(floor)),
+        Ratio::Time(requests.median_ratio_to(&tallies[6])),
         Target::None,
     );
     for ((variant, tally), cpu) in variants.iter().zip(&tallies).zip(&cpu) {
