@@ -22,7 +22,6 @@ enum Replay {
     IfUnavailable,
 }
 
-/// Whether tonic failed to connect at all, so the request never reached a server.
 /// Runs one request attempt, in place, and if the returned future is dropped before the attempt
 /// ends, moves the attempt to a task of its own to run to its end: a request is never cancelled on
 /// the wire (etcd 3.5.0–3.5.4 crash on a cancelled read-only txn, etcd-io/etcd#14110). Polling in
@@ -78,6 +77,8 @@ where
     }
 }
 
+/// Whether the request never reached a server: coord's transport could not connect to any member
+/// (or, for a client made with [`Client::from_etcd`], tonic failed to connect).
 fn is_connect_failure(error: &etcd_client::Error) -> bool {
     let etcd_client::Error::GRpcStatus(status) = error else {
         return matches!(error, etcd_client::Error::TransportError(_));

@@ -132,7 +132,8 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         sessions.push(session);
         let session = Session::new(client.clone(), TTL).await.expect("session");
         server.push(Contender::Server {
-            lock: Box::new(client.etcd().lock_client()),
+            // On a plain etcd-client (its own channel and defaults), as without coord.
+            lock: Box::new(bench.etcd_client().await.lock_client()),
             name: format!("{namespace}server-contended"),
             lease: session.lease_id().get(),
         });

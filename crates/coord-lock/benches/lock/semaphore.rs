@@ -240,12 +240,15 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
     let mut ceiling = Vec::new();
     for i in 0..CONTENDERS {
         let client = bench.client(&namespace).await;
+        // The baselines on a plain etcd-client (etcd-client's own channel and defaults), as an
+        // application without coord would run them.
+        let raw = bench.etcd_client().await;
         for (f, (flavour, key)) in flavours.iter().enumerate() {
             if i == 0 {
-                CasSemaphore::create(client.etcd(), key, LIMIT).await;
+                CasSemaphore::create(&raw, key, LIMIT).await;
             }
             cas[f].push(Contender::Cas(Box::new(CasSemaphore::new(
-                client.etcd().clone(),
+                raw.clone(),
                 key,
                 format!("contender-{i}"),
                 LIMIT,
@@ -254,7 +257,7 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
             ))));
         }
         ceiling.push(Contender::Ceiling(Box::new((
-            client.etcd().clone(),
+            raw.clone(),
             format!("{namespace}ceiling/{i}"),
         ))));
         let session = Session::new(client, TTL).await.expect("session");

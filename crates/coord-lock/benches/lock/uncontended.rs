@@ -282,6 +282,12 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
             });
         }
     }
+    // Times (client, server) threads were put on a CPU per cycle.
+    let slices: Vec<Option<(f64, f64)>> = cpu
+        .iter()
+        .zip(&tallies)
+        .map(|(spent, tally)| spent.map(|spent| spent.slices_per(tally.ops)))
+        .collect();
     // Microseconds of (client, server) CPU per cycle.
     let cpu: Vec<Option<(f64, f64)>> = cpu
         .iter()
@@ -421,7 +427,7 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
         Ratio::Time(requests.median_ratio_to(&tallies[6])),
         Target::None,
     );
-    for ((variant, tally), cpu) in variants.iter().zip(&tallies).zip(&cpu) {
+    for (((variant, tally), cpu), slices) in variants.iter().zip(&tallies).zip(&cpu).zip(&slices) {
         report.requests(
             &format!("{SCENARIO}: {}", variant.label),
             tally.ops,
@@ -433,9 +439,9 @@ pub(crate) async fn run(bench: &Bench, report: &mut Report) {
             variant.label,
             rounded(&tally.per_round)
         );
-        if let Some((client, server)) = cpu {
+        if let (Some((client, server)), Some((client_slices, server_slices))) = (cpu, slices) {
             println!(
-                "  {:<26} CPU per cycle: client {client:.1} µs, etcd {server:.1} µs",
+                "  {:<26} CPU per cycle: client {client:.1} µs, etcd {server:.1} µs; threads put on a CPU per cycle: client {client_slices:.2}, etcd {server_slices:.2}",
                 variant.label
             );
         }
