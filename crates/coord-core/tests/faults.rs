@@ -170,9 +170,7 @@ async fn session_survives_the_loss_of_each_member_in_turn() {
 
 #[tokio::test]
 async fn requests_move_to_the_next_member_when_one_stops_answering() {
-    let etcd = Etcd::start().await.unwrap();
-    let first = FaultProxy::start(etcd.client_addr()).await.unwrap();
-    let second = FaultProxy::start(etcd.client_addr()).await.unwrap();
+    let (_etcd, first, second) = two_ways_in().await;
     let client = ClientConfig::new([first.endpoint(), second.endpoint()])
         .with_namespace(coord_testkit::unique_namespace("blackholed"))
         .with_request_timeout(Duration::from_millis(500))
@@ -196,9 +194,7 @@ async fn requests_move_to_the_next_member_when_one_stops_answering() {
 
 #[tokio::test]
 async fn session_moves_to_the_next_member_when_one_stops_answering() {
-    let etcd = Etcd::start().await.unwrap();
-    let first = FaultProxy::start(etcd.client_addr()).await.unwrap();
-    let second = FaultProxy::start(etcd.client_addr()).await.unwrap();
+    let (etcd, first, second) = two_ways_in().await;
     let client = ClientConfig::new([first.endpoint(), second.endpoint()])
         .connect()
         .await
@@ -233,4 +229,12 @@ async fn assert_lease_held(etcd: &Etcd, session: &Session) {
         .unwrap()
         .ttl();
     assert!(ttl > 0, "the server no longer holds the lease (ttl {ttl})");
+}
+
+/// One etcd behind two fault proxies: to the client, two members that can fail one at a time.
+async fn two_ways_in() -> (Etcd, FaultProxy, FaultProxy) {
+    let etcd = Etcd::start().await.unwrap();
+    let first = FaultProxy::start(etcd.client_addr()).await.unwrap();
+    let second = FaultProxy::start(etcd.client_addr()).await.unwrap();
+    (etcd, first, second)
 }
